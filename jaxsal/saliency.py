@@ -1,0 +1,283 @@
+"""The saliency core: vanilla and guided-backprop maps, all channels x a batch in one jitted call.
+
+For channel c (1-based) of layer L the target is the mean of the channel's map (conv-like layers)
+or the unit itself (fc layers), per image (SPEC §4). The map is d(target)/d(normalized input).
+
+One call runs ONE forward pass per batch, truncated at the target layer, then one VJP per channel
+(`vmap` over one-hot cotangents). Images share a VJP -- they are independent in eval mode -- but
+channels never do: the guided rule is not linear in the cotangent, so summing channels would be
+wrong. Shapes are fixed per run (the last batch is padded), so a run compiles once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsal.errors import UsageError
+from jaxsal.models import LayerInfo, NetSpec, get_net_spec
+
+# ---------------------------------------------------------------------------------------------
+# Backward rules for the ReLUs
+
+
+@jax.custom_vjp
+def guided_relu(x):
+    """ReLU whose backward pass is guided backpropagation (Springenberg et al. 2015):
+    g_in = g_out * 1[x > 0] * 1[g_out > 0]."""
+    return jnp.maximum(x, jnp.zeros((), x.dtype))
+
+
+def _guided_fwd(x):
+    return guided_relu(x), x
+
+
+def _guided_bwd(x, g):
+    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros((), g.dtype)),)
+
+
+guided_relu.defvjp(_guided_fwd, _guided_bwd)
+
+# Vanilla uses jax.nn.relu, whose derivative is 1[x > 0] (0 at 0), as torch's.
+ACTIVATIONS = {"vanilla": jax.nn.relu, "guided": guided_relu}
+METHODS = tuple(ACTIVATIONS)
+
+PRECISIONS = ("highest", "default", "bfloat16")
+
+
+def check_method(method: str) -> str:
+    if method not in ACTIVATIONS:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return method
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return precision
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure, jitted core
+
+
+def target_cotangents(layer: LayerInfo, channels0, batch: int, dtype):
+    """One cotangent per channel at the layer's output: (K, N, H, W, C) or (K, N, F).
+
+    conv: 1/(H*W) on channel c and 0 elsewhere (the gradient of the spatial mean); fc: one-hot.
+    `channels0` is a (K,) int array of 0-based channel indices (traced, so any channel choice
+    reuses the compiled function).
+    """
+    onehot = jax.nn.one_hot(channels0, layer.width, dtype=dtype)  # (K, C)
+    if layer.kind == "fc":
+        return jnp.broadcast_to(onehot[:, None, :], (onehot.shape[0], batch, layer.width))
+    c, h, w = layer.shape
+    onehot = onehot / jnp.asarray(h * w, dtype)
+    return jnp.broadcast_to(onehot[:, None, None, None, :], (onehot.shape[0], batch, h, w, c))
+
+
+def saliency_maps(spec: NetSpec, layer: str, method: str, precision: str, params, images, channels0):
+    """Pure function: params, normalized NHWC images (N, S, S, 3), channels0 (K,) int ->
+    signed maps (K, N, 3, S, S) in the images' dtype (float32 for bfloat16 precision)."""
+    info = spec.layer(layer)
+    out_dtype = images.dtype
+    if precision == "bfloat16":
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params)
+        images = images.astype(jnp.bfloat16)
+        xla_precision = jax.lax.Precision.DEFAULT
+    else:
+        xla_precision = jax.lax.Precision.HIGHEST if precision == "highest" else jax.lax.Precision.DEFAULT
+    model = spec.build(stop_at=layer, act=ACTIVATIONS[method], precision=xla_precision)
+    activation, vjp = jax.vjp(lambda x: model.apply({"params": params}, x), images)
+    cot = target_cotangents(info, channels0, images.shape[0], activation.dtype)
+    (grads,) = jax.vmap(vjp)(cot)  # (K, N, S, S, 3)
+    return jnp.transpose(grads, (0, 1, 4, 2, 3)).astype(out_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_saliency(spec: NetSpec, layer: str, method: str, precision: str):
+    """The jitted `saliency_maps` for one (net, layer, method, precision); cached per process."""
+    return jax.jit(functools.partial(saliency_maps, spec, layer, method, precision))
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks with weights
+
+
+@dataclasses.dataclass
+class Net:
+    """A network with its weights, ready for `saliency`. Build it with `load_net`."""
+
+    spec: NetSpec
+    weights: "jaxsal.weights.Weights"  # noqa: F821
+    params: dict  # nested Flax params {'conv1': {'kernel', 'bias'}, ...} as jax arrays
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> str:
+        """Which weights this network uses, in one line."""
+        return f"{self.spec.name} with {self.weights.describe()}"
+
+    def check_layer(self, layer: str) -> LayerInfo:
+        """The layer's info; a UsageError if the layer is unknown or its weights are missing."""
+        info = self.spec.layer(layer)
+        if info.needs_fc_weights and not self.weights.has_fc:
+            raise UsageError(missing_fc_message(self.spec, layer))
+        return info
+
+
+def missing_fc_message(spec: NetSpec, layer: str) -> str:
+    return (
+        f"layer {layer!r} needs {spec.name}'s fully-connected weights, but only the bundled "
+        f"conv-only weights are available. Get the full torchvision weights once with "
+        f"`jaxsal-convert --download` (or, offline, `jaxsal-convert --src "
+        f"{spec.weights.torchvision_files[0]}` with a copy of that file), or pass -weights PATH"
+    )
+
+
+def nest_params(flat: dict) -> dict:
+    """{'conv1.kernel': a, ...} -> {'conv1': {'kernel': a}, ...}."""
+    nested: dict = {}
+    for key, value in flat.items():
+        layer, leaf = key.split(".")
+        nested.setdefault(layer, {})[leaf] = value
+    return nested
+
+
+def load_net(name: str = "AlexNet", weights=None) -> Net:
+    """Load a network by name with pretrained weights.
+
+    `weights`: a .safetensors or torchvision .pth path, or None to resolve automatically
+    ($JAXSAL_WEIGHTS, the jaxsal cache, the torch hub cache, then the bundled conv-only file;
+    see `jaxsal.weights.load_weights`).
+    """
+    from jaxsal.weights import load_weights
+
+    spec = get_net_spec(name)
+    loaded = load_weights(spec, weights)
+    params = jax.tree_util.tree_map(jnp.asarray, nest_params(loaded.params))
+    return Net(spec=spec, weights=loaded, params=params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched runs
+
+
+def pick_batch_size(n_images: int, batch_size: int | None) -> int:
+    """The fixed batch size of a run: the requested size (or a default), no larger than needed,
+    and a multiple of the local device count so the batch shards evenly."""
+    n_dev = jax.local_device_count()
+    if batch_size is None:
+        batch_size = default_batch_size()
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    size = min(batch_size, max(n_images, 1))
+    return -(-size // n_dev) * n_dev
+
+
+def default_batch_size() -> int:
+    """A batch size that keeps one batch's activations and gradients well inside memory."""
+    return 32
+
+
+def iter_saliency(
+    net: Net,
+    inputs: Iterable[np.ndarray],
+    layer: str,
+    channels: Sequence[int],
+    method: str = "guided",
+    *,
+    n_images: int,
+    batch_size: int | None = None,
+    precision: str = "highest",
+) -> Iterator[np.ndarray]:
+    """Stream maps batch by batch: yields float32 (K, b, 3, S, S) for each consecutive batch of
+    `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch.
+
+    The next batch is dispatched before the previous one is fetched, so host work (decoding the
+    next images, rendering) overlaps device work.
+    """
+    check_method(method)
+    check_precision(precision)
+    net.check_layer(layer)
+    channels = net.spec.check_channels(layer, channels)
+    fn = compiled_saliency(net.spec, layer, method, precision)
+    size = pick_batch_size(n_images, batch_size)
+    ch0 = jnp.asarray(np.asarray(channels, np.int32) - 1)
+    pending = None
+    for batch in _batches(inputs, size):
+        real = batch.shape[0]
+        if real < size:
+            batch = np.concatenate([batch, np.zeros((size - real,) + batch.shape[1:], batch.dtype)])
+        result = (fn(net.params, jnp.asarray(batch), ch0), real)
+        if pending is not None:
+            yield np.asarray(pending[0])[:, : pending[1]]
+        pending = result
+    if pending is not None:
+        yield np.asarray(pending[0])[:, : pending[1]]
+
+
+def _batches(inputs: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    chunk = []
+    for x in inputs:
+        chunk.append(np.asarray(x, np.float32))
+        if len(chunk) == size:
+            yield np.stack(chunk)
+            chunk = []
+    if chunk:
+        yield np.stack(chunk)
+
+
+def saliency(
+    net: Net,
+    images,
+    layer: str,
+    channels: Sequence[int],
+    method: str = "guided",
+    *,
+    batch_size: int | None = None,
+    precision: str = "highest",
+) -> np.ndarray:
+    """Saliency maps of `channels` (1-based) of `layer` for every image.
+
+    images: a sequence of paths, PIL images or uint8 arrays ((H,W,3), (H,W) or (3,H,W)); each is
+    EXIF-rotated, converted to RGB, resized to the net's input size (PIL bilinear, no crop) and
+    normalized with ImageNet mean/std, as the original program.
+
+    Returns float32 (n_channels, n_images, 3, S, S): the signed gradient of each target with
+    respect to the normalized input (S = 224 for AlexNet).
+    """
+    from jaxsal.stimuli import as_pil, to_network_input
+
+    check_method(method)
+    net.check_layer(layer)
+    net.spec.check_channels(layer, channels)
+    spec = net.spec
+    inputs = [to_network_input(as_pil(im), spec.input_size, spec.mean, spec.std) for im in images]
+    if not inputs:
+        raise UsageError("no images given")
+    parts = list(
+        iter_saliency(net, inputs, layer, channels, method, n_images=len(inputs),
+                      batch_size=batch_size, precision=precision)
+    )
+    return np.concatenate(parts, axis=1)
+
+
+class _CallableModule(type(functools)):
+    """`jaxsal.saliency` names both this module and the function above. Once the module has been
+    imported, Python binds the package attribute to the module; making the module callable keeps
+    `jaxsal.saliency(net, images, ...)` working either way without importing JAX eagerly."""
+
+    def __call__(self, *args, **kwargs):
+        return saliency(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
