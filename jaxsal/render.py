@@ -1,0 +1,338 @@
+"""Saliency maps to pictures: the display transform (SPEC §10) and the figures (SPEC §11).
+
+numpy + matplotlib only; this module never imports JAX, so figures can be drawn in worker
+processes (see :func:`render_pool`) while the main process computes gradients.
+
+Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, not with pyplot, so
+no GUI backend is needed and nothing accumulates in pyplot's figure manager. Only
+:func:`show_figure` (for ``-show``) uses pyplot.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import difflib
+import io
+import multiprocessing
+import os
+import pathlib
+import secrets
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from jaxsal.errors import UsageError
+
+__all__ = [
+    "FIGURE_DPI",
+    "FIGURE_SIZE_IN",
+    "JPEG_QUALITY",
+    "MODES",
+    "STIMULI_PER_FIGURE",
+    "FigureJob",
+    "build_figure",
+    "can_show",
+    "channel_label",
+    "check_cmap",
+    "draw_figure",
+    "figure_path",
+    "figure_slices",
+    "render_figure",
+    "render_pool",
+    "save_jpeg",
+    "show_figure",
+    "to_display",
+]
+
+MODES = ("RGB", "gray")
+STIMULI_PER_FIGURE = 6
+FIGURE_SIZE_IN = (10.0, 6.0)  # width, height: 1000 x 600 px at FIGURE_DPI
+FIGURE_DPI = 100
+JPEG_QUALITY = 95
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient -> uint8 (SPEC §10.1)
+
+
+def to_display(grad: np.ndarray, mode: str) -> tuple[np.ndarray, bool | np.ndarray]:
+    """Turns signed gradients into the uint8 images that are drawn (SPEC §10.1).
+
+    Per map: ``a = |g|``; gray mode: ``a = max over the 3 colour channels``; then one *global*
+    min-max over the whole map (all three channels together in RGB mode)
+    ``a = (a - min) / (max - min) * 255`` in the input's float precision (float32 for a float32
+    gradient, as the original), and uint8 by truncation (floor).
+
+    A constant map (max == min, e.g. the all-zero gradient of a dead unit) becomes all zeros,
+    with no NaN and no numpy warning; it is flagged so the caller can warn once.
+
+    Args:
+      grad: signed gradient(s), shape (3, H, W), or (..., 3, H, W) for many maps at once;
+        every map is scaled on its own, and the bytes equal the one-map result.
+      mode: ``"RGB"`` or ``"gray"``.
+
+    Returns:
+      (image, is_constant). image: uint8 (..., H, W, 3) in RGB mode (a channels-last view, not
+      C-contiguous), (..., H, W) in gray mode.
+      is_constant: a bool for one map, else a bool array of the leading shape.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    grad = np.asarray(grad)
+    if grad.ndim < 3 or grad.shape[-3] != 3:
+        raise ValueError(f"grad must be shaped (..., 3, H, W), got {grad.shape}")
+    if not np.issubdtype(grad.dtype, np.floating):
+        grad = grad.astype(np.float32)
+    a = np.abs(grad)  # a new array: the in-place steps below never touch the caller's
+    if mode == "gray":
+        a = a.max(axis=-3)
+        axes: tuple[int, ...] = (-2, -1)
+    else:
+        axes = (-3, -2, -1)
+    lo = a.min(axis=axes, keepdims=True)
+    span = a.max(axis=axes, keepdims=True) - lo
+    constant = span == 0
+    a -= lo
+    # The same float ops, in the same order, as (a - min) / (max - min) * 255; constant maps
+    # are skipped (left at 0) instead of dividing 0 by 0.
+    np.divide(a, span, out=a, where=~constant)
+    a *= a.dtype.type(255)
+    image = a.astype(np.uint8)
+    if mode == "RGB":
+        image = np.moveaxis(image, -3, -1)  # a view: copying here would only slow the hot path
+    constant = constant.reshape(constant.shape[: constant.ndim - len(axes)])
+    return image, (bool(constant) if constant.ndim == 0 else constant)
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+
+
+def check_cmap(name: str) -> str:
+    """Returns ``name`` if matplotlib knows the colormap; else a UsageError with valid names."""
+    import matplotlib
+
+    if name in matplotlib.colormaps:
+        return name
+    names = sorted(matplotlib.colormaps)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    examples = ", ".join(n for n in ("coolwarm", "gray", "viridis", "jet", "hot", "bwr")
+                         if n in matplotlib.colormaps)
+    raise UsageError(f"unknown colormap for -cmap: {name!r}; {hint}valid names include "
+                     f"{examples} (any matplotlib colormap; add _r to reverse one)")
+
+
+def channel_label(channel: int) -> str:
+    """The y-label of a channel row: ``chn<c>`` with c as typed (1-based), e.g. ``chn294``."""
+    return f"chn{channel}"
+
+
+def figure_path(out_dir: str | os.PathLike, net: str, layer: str, k: int) -> pathlib.Path:
+    """``<out_dir>/<net>_<layer>_fig<k>.jpg``; net and layer as typed, k counts from 1."""
+    if k < 1:
+        raise ValueError(f"figure numbers start at 1, got {k}")
+    return pathlib.Path(out_dir) / f"{net}_{layer}_fig{k}.jpg"
+
+
+def figure_slices(n_stimuli: int, per_figure: int = STIMULI_PER_FIGURE) -> list[range]:
+    """Consecutive stimulus index ranges, one per figure; the last may be shorter.
+
+    ``figure_slices(14)`` -> ``[range(0, 6), range(6, 12), range(12, 14)]``; after figure k the
+    CLI prints ``Finish: {slices[k-1].stop}/{n_stimuli}``.
+    """
+    if per_figure < 1:
+        raise ValueError(f"per_figure must be >= 1, got {per_figure}")
+    return [range(i, min(i + per_figure, n_stimuli)) for i in range(0, n_stimuli, per_figure)]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures (SPEC §11)
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureJob:
+    """Everything needed to draw and save one figure; small and picklable.
+
+    Attributes:
+      out_path: the JPEG file to write (see :func:`figure_path`).
+      stimuli: the stimuli of this figure, one column each (at most 6): uint8 RGB (H, W, 3) at
+        native size, as :func:`jaxsal.stimuli.load_image` gives them (a 2-D gray array is
+        drawn gray, never colour-mapped).
+      rows: one ``(label, maps)`` per requested channel, in the order given: label as
+        :func:`channel_label` gives it, maps the uint8 outputs of :func:`to_display`, one per
+        stimulus ((H, W, 3) RGB or (H, W) gray).
+      cmap, vmin, vmax: passed to every ``imshow``; matplotlib applies them to 2-D (gray) maps
+        only. vmin/vmax are in the 0..255 units of the displayed map; None = each image's own
+        range.
+    """
+
+    out_path: str
+    stimuli: Sequence[np.ndarray]
+    rows: Sequence[tuple[str, Sequence[np.ndarray]]]
+    cmap: str = "coolwarm"
+    vmin: float | None = None
+    vmax: float | None = None
+
+
+def _stimulus_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return image[:, :, :3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"a stimulus must be an RGB (H, W, 3) array, got shape {image.shape}")
+    return image
+
+
+def draw_figure(fig, job: FigureJob) -> None:
+    """Draws the grid of SPEC §11 on an empty ``fig`` (10 x 6 in at 100 dpi).
+
+    Rows: the stimuli at native size, then one row per channel; columns: the stimuli. No ticks
+    (frames kept), y-labels on column 0 only (``stim``, then the row labels), default
+    interpolation, equal aspect, cmap/vmin/vmax on every image, ``tight_layout``.
+    """
+    n_cols = len(job.stimuli)
+    if n_cols == 0:
+        raise ValueError("a figure needs at least one stimulus")
+    for label, maps in job.rows:
+        if len(maps) != n_cols:
+            raise ValueError(f"row {label!r} has {len(maps)} maps for {n_cols} stimuli")
+    grid = [("stim", [_stimulus_rgb(s) for s in job.stimuli])]
+    grid += [(label, list(maps)) for label, maps in job.rows]
+    axes = fig.subplots(len(grid), n_cols, squeeze=False)
+    for r, (label, images) in enumerate(grid):  # row-major, as the original draws
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image, cmap=job.cmap, vmin=job.vmin, vmax=job.vmax, aspect="equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label)
+    fig.tight_layout()
+
+
+def build_figure(job: FigureJob):
+    """A new Agg-backed :class:`~matplotlib.figure.Figure` with the job drawn on it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGURE_SIZE_IN, dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    draw_figure(fig, job)
+    return fig
+
+
+def save_jpeg(fig, path: str | os.PathLike) -> pathlib.Path:
+    """Saves ``fig`` as a JPEG (quality 95, figure dpi), written whole or not at all.
+
+    The image is encoded in memory, written to a hidden temporary file in the same folder and
+    renamed over ``path`` (``os.replace``), so a reader never sees a partial file; on any
+    failure the temporary file is removed and the error re-raised. An existing file is
+    overwritten.
+    """
+    import matplotlib
+
+    path = pathlib.Path(path)
+    buffer = io.BytesIO()
+    # savefig.bbox 'standard' keeps the full 1000 x 600 canvas even if a user's matplotlibrc
+    # asks for 'tight'.
+    with matplotlib.rc_context({"savefig.bbox": "standard"}):
+        fig.savefig(buffer, format="jpeg", dpi=fig.dpi,
+                    pil_kwargs={"quality": JPEG_QUALITY})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def render_figure(job: FigureJob) -> str:
+    """Draws, saves (:func:`save_jpeg`) and frees one figure; returns the path written.
+
+    Top-level and picklable, for a process pool (see :func:`render_pool`).
+    """
+    fig = build_figure(job)
+    try:
+        return os.fspath(save_jpeg(fig, job.out_path))
+    finally:
+        fig.clear()
+
+
+def _worker_init() -> None:
+    # Workers never show anything; make sure a stray pyplot import could not pick a GUI.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def render_pool(max_workers: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
+    """A process pool for :func:`render_figure`, with the ``spawn`` start method.
+
+    ``fork`` is unsafe once JAX (multithreaded) is imported, so workers are spawned: each
+    starts a fresh interpreter that imports only numpy, matplotlib and this module. Caveat:
+    ``spawn`` re-imports the parent's ``__main__`` module in every worker (not its
+    ``if __name__ == "__main__"`` block); a CLI entry module that imports JAX at top level
+    makes every worker import JAX too (slow start-up, more memory, not unsafe).
+
+    Args:
+      max_workers: default ``min(4, cpu_count - 1)``, at least 1.
+    """
+    if max_workers is None:
+        max_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=max_workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init)
+
+
+# --------------------------------------------------------------------------------------------
+# -show
+
+
+_NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+
+
+def can_show() -> bool:
+    """True if figures can be shown: a display exists and pyplot's backend is interactive.
+
+    On Linux (and other non-macOS Unixes) a display means DISPLAY or WAYLAND_DISPLAY is set.
+    Imports pyplot, so call it only when ``-show`` was given.
+    """
+    if sys.platform not in ("darwin", "win32") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return False
+    try:
+        import matplotlib.pyplot as plt
+
+        backend = plt.get_backend().lower()
+    except Exception:  # noqa: BLE001 - no usable GUI toolkit
+        return False
+    return backend not in _NON_INTERACTIVE
+
+
+def show_figure(job: FigureJob) -> bool:
+    """Shows one figure on pyplot's interactive backend and blocks until its window is closed.
+
+    The figure is drawn again from ``job`` (so it also works without ``-out``) and closed
+    afterwards. Returns False, doing nothing, when :func:`can_show` is false (headless), so the
+    caller can say once: "cannot show figures: no display; figures are saved with -out".
+    """
+    if not can_show():
+        return False
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=FIGURE_SIZE_IN, dpi=FIGURE_DPI)
+    try:
+        draw_figure(fig, job)
+        plt.show()
+    finally:
+        plt.close(fig)
+    return True

@@ -1,0 +1,396 @@
+"""Tests for jaxsal.render: the display transform (SPEC §10) and the figures (SPEC §11)."""
+
+import dataclasses
+import io
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxsal import render
+from jaxsal.errors import UsageError
+from jaxsal.render import FigureJob, build_figure, render_figure, save_jpeg, to_display
+
+# --------------------------------------------------------------------------------------------
+# Gradient -> uint8 (SPEC §10.1)
+
+# A (3, 2, 2) signed map whose scaled values are exact in float32, so truncation and rounding
+# give different bytes: |g| / 4 * 255 = 0, 31.875, 63.75, 127.5, 191.25, 255.
+GRAD = np.array([
+    [[0.0, -1.0], [2.0, -4.0]],   # R
+    [[0.5, 0.0], [0.0, 0.0]],     # G
+    [[0.0, 0.0], [-3.0, 1.0]],    # B
+], dtype=np.float32)
+
+
+def test_rgb_golden_truncation_and_global_minmax():
+    image, constant = to_display(GRAD, "RGB")
+    assert image.dtype == np.uint8 and image.shape == (2, 2, 3)
+    assert constant is False
+    expected = np.array([
+        [[0, 31, 0], [63, 0, 0]],
+        [[127, 0, 191], [255, 0, 63]],
+    ], dtype=np.uint8)
+    np.testing.assert_array_equal(image, expected)
+    # Global, not per channel: G's maximum (0.5) maps to 31, not 255.
+    assert image[..., 1].max() == 31
+
+
+def test_rgb_golden_with_nonzero_minimum():
+    grad = np.stack([np.array([[1.0, 2.0], [3.0, 5.0]], np.float32)] * 3)
+    grad[1] *= -1  # sign is dropped
+    image, _ = to_display(grad, "RGB")
+    # (|g| - 1) / 4 * 255 = 0, 63.75, 127.5, 255
+    for c in range(3):
+        np.testing.assert_array_equal(image[..., c], [[0, 63], [127, 255]])
+
+
+def test_gray_golden():
+    image, constant = to_display(GRAD, "gray")
+    assert image.dtype == np.uint8 and image.shape == (2, 2)
+    assert constant is False
+    # max over colour channels of |g|: [[0.5, 1], [3, 4]]; min 0.5, span 3.5
+    # -> 0, 0.5/3.5*255 = 36.43, 2.5/3.5*255 = 182.14, 255
+    np.testing.assert_array_equal(image, [[0, 36], [182, 255]])
+
+
+def _one_map_formula(grad, mode):
+    """The original's per-map code, written out independently."""
+    a = np.abs(grad)
+    if mode == "gray":
+        a = np.max(a, 0)
+    a = (a - a.min()) / (a.max() - a.min()) * 255
+    a = a.astype(np.uint8)
+    return a.transpose(1, 2, 0) if mode == "RGB" else a
+
+
+@pytest.mark.parametrize("mode", ["RGB", "gray"])
+def test_batched_equals_per_map(mode):
+    rng = np.random.default_rng(0)
+    grads = (rng.standard_normal((2, 4, 3, 17, 13)) * 1e-3).astype(np.float32)
+    images, constant = to_display(grads, mode)
+    assert constant.shape == (2, 4) and not constant.any()
+    for i in range(2):
+        for j in range(4):
+            expected = _one_map_formula(grads[i, j], mode)
+            np.testing.assert_array_equal(images[i, j], expected)
+            single, single_constant = to_display(grads[i, j], mode)
+            np.testing.assert_array_equal(single, expected)
+            assert single_constant is False
+
+
+@pytest.mark.parametrize("mode, shape", [("RGB", (5, 6, 3)), ("gray", (5, 6))])
+@pytest.mark.parametrize("value", [0.0, 0.7, -2.5])
+def test_constant_map_is_zeros_without_warnings(mode, shape, value):
+    grad = np.full((3, 5, 6), value, np.float32)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        image, constant = to_display(grad, mode)
+    assert constant is True
+    assert image.dtype == np.uint8 and image.shape == shape
+    assert not image.any()
+
+
+def test_constant_maps_in_a_batch_are_flagged_individually():
+    rng = np.random.default_rng(1)
+    grads = rng.standard_normal((3, 3, 4, 4)).astype(np.float32)
+    grads[1] = 0.0
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        images, constant = to_display(grads, "gray")
+    np.testing.assert_array_equal(constant, [False, True, False])
+    assert not images[1].any()
+    assert images[0].max() == 255 and images[2].max() == 255
+
+
+def test_gray_constant_only_after_channel_max():
+    # Not constant in RGB, constant in gray: max over channels is 2 everywhere.
+    grad = np.zeros((3, 2, 2), np.float32)
+    grad[0] = 2.0
+    grad[1] = [[0.0, 1.0], [2.0, 0.5]]
+    assert to_display(grad, "RGB")[1] is False
+    assert to_display(grad, "gray")[1] is True
+
+
+def test_to_display_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        to_display(GRAD, "grey")
+    with pytest.raises(ValueError, match="3, H, W"):
+        to_display(np.zeros((4, 2, 2), np.float32), "RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# Options and names
+
+
+def test_check_cmap():
+    assert render.check_cmap("coolwarm") == "coolwarm"
+    assert render.check_cmap("gray_r") == "gray_r"
+    with pytest.raises(UsageError) as excinfo:
+        render.check_cmap("coolwram")
+    message = str(excinfo.value)
+    assert "'coolwram'" in message and "did you mean coolwarm" in message
+    assert "viridis" in message and "\n" not in message
+
+
+def test_figure_path_and_slices(tmp_path):
+    assert render.figure_path(tmp_path, "AlexNet", "fc3", 1) == tmp_path / "AlexNet_fc3_fig1.jpg"
+    assert render.figure_path("out", "Vgg19_bn", "conv1_relu", 12).as_posix() == \
+        "out/Vgg19_bn_conv1_relu_fig12.jpg"
+    with pytest.raises(ValueError):
+        render.figure_path(tmp_path, "AlexNet", "fc3", 0)
+    assert render.figure_slices(14) == [range(0, 6), range(6, 12), range(12, 14)]
+    assert [s.stop for s in render.figure_slices(14)] == [6, 12, 14]  # the Finish: numbers
+    assert render.figure_slices(6) == [range(0, 6)]
+    assert render.figure_slices(7) == [range(0, 6), range(6, 7)]
+    assert render.figure_slices(1) == [range(0, 1)]
+    assert render.figure_slices(0) == []
+    assert render.figure_slices(5, per_figure=2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert render.channel_label(294) == "chn294"
+
+
+# --------------------------------------------------------------------------------------------
+# Figures (SPEC §11)
+
+
+def _stimuli(n, rng):
+    shapes = [(30, 45), (40, 40), (50, 20), (24, 36), (33, 33), (20, 60)]
+    return [rng.integers(0, 256, shapes[i % len(shapes)] + (3,), dtype=np.uint8)
+            for i in range(n)]
+
+
+def _job(tmp_path, n_stimuli=6, channels=(294, 23), mode="RGB", seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    grads = rng.standard_normal((len(channels), n_stimuli, 3, 32, 32)).astype(np.float32)
+    maps, _ = to_display(grads, mode)
+    rows = [(render.channel_label(c), list(maps[r])) for r, c in enumerate(channels)]
+    return FigureJob(out_path=str(tmp_path / "fig.jpg"), stimuli=_stimuli(n_stimuli, rng),
+                     rows=rows, **kwargs)
+
+
+def _grid(fig):
+    """axes in row-major drawing order, with their (row, col) from the subplot spec."""
+    cells = []
+    for ax in fig.axes:
+        spec = ax.get_subplotspec()
+        cells.append((spec.rowspan.start, spec.colspan.start, ax))
+    return cells
+
+
+@pytest.mark.parametrize("n_stimuli, channels", [
+    (6, (294, 23)), (1, (7,)), (1, (1, 2, 3)), (6, (5,)), (4, (9, 9, 1, 2, 3)),
+])
+def test_layout(tmp_path, n_stimuli, channels):
+    job = _job(tmp_path, n_stimuli, channels)
+    fig = build_figure(job)
+    assert fig.canvas.get_width_height() == (1000, 600)
+    n_rows = 1 + len(channels)
+    cells = _grid(fig)
+    assert len(cells) == n_rows * n_stimuli  # no colour bars or extra axes
+    assert {(r, c) for r, c, _ in cells} == {(r, c) for r in range(n_rows)
+                                             for c in range(n_stimuli)}
+    expected_labels = ["stim"] + [f"chn{c}" for c in channels]
+    for r, c, ax in cells:
+        assert ax.get_ylabel() == (expected_labels[r] if c == 0 else "")
+        assert ax.get_xlabel() == "" and ax.get_title() == ""
+        assert len(ax.get_xticks()) == 0 and len(ax.get_yticks()) == 0
+        assert ax.axison and all(spine.get_visible() for spine in ax.spines.values())
+        assert ax.get_aspect() == 1.0  # 'equal'
+        images = ax.get_images()
+        assert len(images) == 1
+        data = images[0].get_array()
+        if r == 0:
+            np.testing.assert_array_equal(data, job.stimuli[c])  # native size, not 224
+        else:
+            np.testing.assert_array_equal(data, job.rows[r - 1][1][c])
+    if n_stimuli == 6 and len(channels) == 2:
+        fig.canvas.draw()
+        assert np.asarray(fig.canvas.buffer_rgba()).shape == (600, 1000, 4)
+
+
+def test_gray_stimulus_is_drawn_gray_not_colour_mapped(tmp_path):
+    rng = np.random.default_rng(5)
+    gray = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    as_rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    pixels = []
+    for stimulus, cmap in ((gray, "coolwarm"), (gray, "viridis"), (as_rgb, "coolwarm")):
+        job = FigureJob(out_path="unused.jpg", stimuli=[stimulus],
+                        rows=[("chn1", [np.zeros((8, 8, 3), np.uint8)])], cmap=cmap)
+        fig = build_figure(job)
+        fig.canvas.draw()
+        pixels.append(np.asarray(fig.canvas.buffer_rgba()).copy())
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    np.testing.assert_array_equal(pixels[0], pixels[2])
+
+
+def _pixels(job):
+    fig = build_figure(job)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
+
+
+def test_cmap_vmin_vmax_change_gray_maps_only(tmp_path):
+    gray = dict(n_stimuli=3, channels=(1, 2), mode="gray", seed=3)
+    base = _pixels(_job(tmp_path, **gray))
+    assert not np.array_equal(base, _pixels(_job(tmp_path, **gray, cmap="gray")))
+    assert not np.array_equal(base, _pixels(_job(tmp_path, **gray, vmin=100.0, vmax=120.0)))
+
+    rgb = dict(n_stimuli=3, channels=(1, 2), mode="RGB", seed=3)
+    base = _pixels(_job(tmp_path, **rgb))
+    np.testing.assert_array_equal(
+        base, _pixels(_job(tmp_path, **rgb, cmap="gray", vmin=100.0, vmax=120.0)))
+
+
+def test_default_gray_colormap_is_coolwarm(tmp_path):
+    fig = build_figure(_job(tmp_path, 2, (3,), mode="gray"))
+    map_images = [ax.get_images()[0] for r, c, ax in _grid(fig) if r == 1]
+    assert all(im.get_cmap().name == "coolwarm" for im in map_images)
+    fig = build_figure(_job(tmp_path, 2, (3,), mode="gray", vmin=10.0, vmax=200.0))
+    for r, c, ax in _grid(fig):
+        norm = ax.get_images()[0].norm
+        assert (norm.vmin, norm.vmax) == (10.0, 200.0)
+
+
+def test_mismatched_rows_are_rejected(tmp_path):
+    job = _job(tmp_path, 3, (1,))
+    bad = FigureJob(out_path=job.out_path, stimuli=job.stimuli,
+                    rows=[("chn1", job.rows[0][1][:2])])
+    with pytest.raises(ValueError, match="2 maps for 3 stimuli"):
+        build_figure(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+
+
+def _quantization_at(quality):
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 30, 200)).save(buffer, format="JPEG", quality=quality)
+    return Image.open(buffer).quantization
+
+
+def test_saved_jpeg_size_and_quality(tmp_path):
+    job = _job(tmp_path)
+    path = render_figure(job)
+    assert path == job.out_path
+    with Image.open(path) as image:
+        assert image.format == "JPEG"
+        assert image.size == (1000, 600)
+        assert image.mode == "RGB"
+        assert image.quantization == _quantization_at(95)
+        assert image.quantization != _quantization_at(75)
+    assert sorted(os.listdir(tmp_path)) == ["fig.jpg"]
+
+
+def test_save_overwrites_existing_file(tmp_path):
+    job = _job(tmp_path, 1, (1,))
+    (tmp_path / "fig.jpg").write_bytes(b"old")
+    render_figure(job)
+    assert (tmp_path / "fig.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+def test_save_is_atomic_when_rename_fails(tmp_path, monkeypatch):
+    fig = build_figure(_job(tmp_path, 1, (1,)))
+    (tmp_path / "fig.jpg").write_bytes(b"previous figure")
+
+    def broken_replace(src, dst):
+        assert os.path.exists(src)  # the temp file was fully written first
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(render.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space left"):
+        save_jpeg(fig, tmp_path / "fig.jpg")
+    assert sorted(os.listdir(tmp_path)) == ["fig.jpg"]  # no temp file left behind
+    assert (tmp_path / "fig.jpg").read_bytes() == b"previous figure"
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    fig = build_figure(_job(tmp_path, 1, (1,)))
+
+    class FailingFile(io.BytesIO):
+        def write(self, data):
+            super().write(bytes(data)[:100])
+            raise OSError(5, "I/O error")
+
+    real_open = open
+    opened = []
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        if "x" in mode:
+            real_open(path, mode).close()  # the temp file exists, as a partial write would
+            opened.append(path)
+            return FailingFile()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", failing_open)
+    with pytest.raises(OSError, match="I/O error"):
+        save_jpeg(fig, tmp_path / "fig.jpg")
+    monkeypatch.undo()
+    assert opened and os.path.dirname(opened[0]) == str(tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_leaves_nothing_when_drawing_fails(tmp_path, monkeypatch):
+    fig = build_figure(_job(tmp_path, 1, (1,)))
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        save_jpeg(fig, tmp_path / "fig.jpg")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_onto_a_directory_fails_cleanly(tmp_path):
+    (tmp_path / "fig.jpg").mkdir()
+    with pytest.raises(OSError):
+        render_figure(_job(tmp_path, 1, (1,)))
+    assert os.listdir(tmp_path) == ["fig.jpg"] and (tmp_path / "fig.jpg").is_dir()
+
+
+# --------------------------------------------------------------------------------------------
+# Parallel rendering and -show
+
+
+_PROBE = ("sorted(m for m in __import__('sys').modules "
+          "if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'torch') "
+          "or m in ('matplotlib.pyplot', 'jaxsal.render'))")
+
+
+def test_process_pool_matches_in_process_and_does_not_import_jax(tmp_path):
+    jobs = [_job(tmp_path / "local", 6, (294, 23), seed=1),
+            _job(tmp_path / "local", 1, (5,), mode="gray", seed=2, cmap="gray")]
+    jobs = [dataclasses.replace(job, out_path=str(tmp_path / f"local{i}.jpg"))
+            for i, job in enumerate(jobs)]
+    remote = [dataclasses.replace(job, out_path=str(tmp_path / f"pool{i}.jpg"))
+              for i, job in enumerate(jobs)]
+    assert pickle.loads(pickle.dumps(remote[0])).rows[0][0] == "chn294"
+    local_paths = [render_figure(job) for job in jobs]
+    with render.render_pool(max_workers=2) as pool:
+        pool_paths = list(pool.map(render_figure, remote))
+        loaded = pool.submit(eval, _PROBE).result()
+    assert pool_paths == [job.out_path for job in remote]
+    for local, remote_path in zip(local_paths, pool_paths):
+        with open(local, "rb") as a, open(remote_path, "rb") as b:
+            assert a.read() == b.read()
+    assert loaded == ["jaxsal.render"], loaded  # no JAX, no pyplot in the workers
+
+
+def test_show_figure_headless_returns_false(tmp_path, monkeypatch):
+    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert render.can_show() is False
+    assert render.show_figure(_job(tmp_path, 1, (1,))) is False
+    assert not os.path.exists(tmp_path / "fig.jpg")
+
+
+def test_can_show_needs_an_interactive_backend(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(plt, "get_backend", lambda: "agg")
+    assert render.can_show() is False
+    monkeypatch.setattr(plt, "get_backend", lambda: "TkAgg")
+    assert render.can_show() is True
