@@ -16,7 +16,7 @@ from jaxsal.errors import UsageError
 
 def __getattr__(name):
     if name in ("load_net", "saliency"):
-        from jaxsal import saliency as _saliency_module
+        import importlib
 
-        return getattr(_saliency_module, name)
+        return getattr(importlib.import_module("jaxsal.saliency"), name)
     raise AttributeError(f"module 'jaxsal' has no attribute {name!r}")

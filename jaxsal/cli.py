@@ -1,0 +1,478 @@
+"""dnn_saliency: find the parts of images that drive chosen channels of a CNN layer.
+
+The command of DNNBrain, flag for flag (`../shared/seed/dnn_saliency.md`), on jaxsal's batched,
+jit-compiled core. This module only parses flags, validates every input before any compute,
+and orchestrates: decode images (threads) -> saliency (device) -> figures (worker processes).
+It imports JAX only once validation has passed, and never at import time: figure workers are
+spawned processes that re-import the entry module.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import re
+import sys
+import time
+import traceback
+from typing import Sequence
+
+from absl import flags
+
+from jaxsal.errors import UsageError
+
+PROG = "dnn_saliency"
+MAX_CHANNELS = 5
+
+SYNOPSIS = f"""\
+usage: {PROG} [-h] -net Net -layer Layer -chn Channel [Channel ...]
+                    -stim Stimulus [-meth Method] [-mode Mode] [-cmap Colormap]
+                    [-vmin Vmin] [-vmax Vmax] [-show] [-out Output]
+                    [-weights Weights] [-save_maps] [-batch_size N]
+                    [-precision Precision] [-profile]
+
+Find the saliency parts of an image that contributes to the activation of the specified channel.
+"""
+
+EXAMPLES = f"""\
+examples:
+  {PROG} -net AlexNet -layer conv5 -chn 60 125 -stim examples/examples.stim.csv -out out
+  {PROG} -net AlexNet -layer fc3 -chn 294 23 -stim examples.stim.csv -mode gray -cmap gray -out .
+"""
+
+
+def define_flags() -> flags.FlagValues:
+    """The command's flags, on a private FlagValues (no global absl state)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string("net", None, "a neural network name, e.g. AlexNet", flag_values=fv)
+    flags.DEFINE_string("layer", None, "the layer, e.g. 'conv1' (first convolution layer) or "
+                        "'fc1' (first fully-connected layer)", flag_values=fv)
+    flags.DEFINE_list("chn", None, "channel numbers (1-based), at most 5: -chn 294 23 or "
+                      "--chn=294,23; one figure row each, in the order given", flag_values=fv)
+    flags.DEFINE_string("stim", None, "a .stim.csv file which contains stimulus information",
+                        flag_values=fv)
+    flags.DEFINE_string("meth", "guided", "the method used to generate the saliency image: "
+                        "guided or vanilla", flag_values=fv)
+    flags.DEFINE_string("mode", "RGB", "RGB: visualize derivatives directly; gray: keep the "
+                        "maximal magnitude of the RGB channels for each pixel and show it as a "
+                        "gray (colour-mapped) image. -cmap, -vmin and -vmax are only valid in gray "
+                        "mode", flag_values=fv)
+    flags.DEFINE_string("cmap", "coolwarm", "colormap for gray-mode saliency images (any "
+                        "matplotlib colormap)", flag_values=fv)
+    flags.DEFINE_float("vmin", None, "minimal value of the colormap, in the 0..255 units of the "
+                       "normalized map, applied to all saliency images (default: each image's "
+                       "own minimum)", flag_values=fv)
+    flags.DEFINE_float("vmax", None, "maximal value of the colormap, in the 0..255 units of the "
+                       "normalized map (default: each image's own maximum)", flag_values=fv)
+    flags.DEFINE_boolean("show", False, "display stimuli and saliency images in figures",
+                         flag_values=fv)
+    flags.DEFINE_string("out", None, "an output directory where the figures are saved "
+                        "(created if missing)", flag_values=fv)
+    flags.DEFINE_string("weights", None, "weights file: .safetensors or a torchvision .pth "
+                        "checkpoint (default: $JAXSAL_WEIGHTS, the jaxsal cache, the torch hub "
+                        "cache, then the bundled conv-only AlexNet weights)", flag_values=fv)
+    flags.DEFINE_boolean("save_maps", False, "also save the raw signed maps as "
+                         "OUT/{net}_{layer}_maps.npz (needs -out)", flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "images per device batch (default: chosen from "
+                         "the device's memory)", flag_values=fv)
+    flags.DEFINE_string("precision", "highest", "matmul/conv precision: highest (float32, "
+                        "parity with PyTorch), default (fastest float32 the device offers, e.g. "
+                        "TF32 on GPUs) or bfloat16", flag_values=fv)
+    flags.DEFINE_boolean("profile", False, "print where the time went (decode, compute, "
+                         "render, write) on stderr at the end", flag_values=fv)
+    return fv
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    net: str
+    layer: str
+    channels: tuple[int, ...]
+    stim: str
+    meth: str
+    mode: str
+    cmap: str
+    vmin: float | None
+    vmax: float | None
+    show: bool
+    out: pathlib.Path | None
+    weights: str | None
+    save_maps: bool
+    batch_size: int | None
+    precision: str
+    profile: bool
+
+
+_INT = re.compile(r"^[+-]?\d+$")
+_HELP = {"-h", "--h", "-help", "--help", "-?", "--helpfull", "-helpfull", "--helpshort"}
+
+
+def join_channel_values(argv: Sequence[str]) -> list[str]:
+    """Turn `-chn 294 23` (argparse style, as the seed documents) into `--chn=294,23`.
+
+    Every integer-looking token after -chn/--chn belongs to it, negative ones included, so that
+    `-chn -1` reaches the range check instead of being read as a flag.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-chn", "--chn"):
+            values = []
+            i += 1
+            while i < len(argv) and (_INT.match(argv[i]) or "," in argv[i]):
+                values.append(argv[i])
+                i += 1
+            if not values:
+                raise UsageError("-chn needs at least one channel number, e.g. -chn 294 23")
+            out.append("--chn=" + ",".join(values))
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def usage_text(fv: flags.FlagValues) -> str:
+    lines = [SYNOPSIS, "arguments:"]
+    for name in ("net", "layer", "chn", "stim", "meth", "mode", "cmap", "vmin", "vmax", "show",
+                 "out", "weights", "save_maps", "batch_size", "precision", "profile"):
+        flag = fv[name]
+        req = " (required)" if name in ("net", "layer", "chn", "stim") else ""
+        default = "" if flag.default is None or isinstance(flag.default, bool) else f" [default: {flag.default}]"
+        lines.append(f"  -{name}{req}: {flag.help}{default}")
+    return "\n".join(lines) + "\n\n" + EXAMPLES
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """Flags -> Options. Checks only the flags themselves (no files, no network, no JAX)."""
+    fv = define_flags()
+    args = list(argv[1:])
+    if any(a in _HELP for a in args):
+        raise _Help(usage_text(fv))
+    try:
+        rest = fv([PROG] + join_channel_values(args))
+    except flags.Error as e:
+        raise UsageError(f"{e} (see {PROG} -help)") from None
+    if len(rest) > 1:
+        raise UsageError(f"unexpected argument(s): {' '.join(rest[1:])} (see {PROG} -help)")
+    missing = [f"-{n}" for n in ("net", "layer", "chn", "stim") if fv[n].value is None]
+    if missing:
+        raise UsageError(f"missing required flag(s): {', '.join(missing)}; e.g. {PROG} -net AlexNet "
+                         f"-layer conv5 -chn 60 125 -stim examples.stim.csv -out out")
+    channels = []
+    for token in fv.chn:
+        if not _INT.match(token.strip()):
+            raise UsageError(f"-chn takes whole channel numbers, got {token!r}")
+        channels.append(int(token))
+    if len(channels) > MAX_CHANNELS:
+        raise UsageError(f"at most {MAX_CHANNELS} channels at once (got {len(channels)}): run "
+                         f"the command again for the others")
+    if fv.meth not in ("guided", "vanilla"):
+        raise UsageError(f"-meth must be guided or vanilla, got {fv.meth!r}")
+    if fv.mode not in ("RGB", "gray"):
+        raise UsageError(f"-mode must be RGB or gray, got {fv.mode!r}")
+    if not fv.show and fv.out is None:
+        raise UsageError("nothing would be kept: give -out DIR to save the figures, or -show to "
+                         "display them")
+    if fv.save_maps and fv.out is None:
+        raise UsageError("-save_maps needs -out DIR (the folder the .npz file is written to)")
+    if fv.batch_size is not None and fv.batch_size < 1:
+        raise UsageError(f"-batch_size must be at least 1, got {fv.batch_size}")
+    if fv.precision not in ("highest", "default", "bfloat16"):
+        raise UsageError(f"-precision must be highest, default or bfloat16, got {fv.precision!r}")
+    if fv.vmin is not None and fv.vmax is not None and fv.vmin > fv.vmax:
+        raise UsageError(f"-vmin ({fv.vmin}) is larger than -vmax ({fv.vmax})")
+    return Options(
+        net=fv.net, layer=fv.layer, channels=tuple(channels), stim=fv.stim, meth=fv.meth,
+        mode=fv.mode, cmap=fv.cmap, vmin=fv.vmin, vmax=fv.vmax, show=fv.show,
+        out=pathlib.Path(fv.out) if fv.out is not None else None, weights=fv.weights,
+        save_maps=fv.save_maps, batch_size=fv.batch_size, precision=fv.precision,
+        profile=fv.profile,
+    )
+
+
+class _Help(Exception):
+    """-help was asked for: print the text and exit 0."""
+
+
+def check_out_dir(out: pathlib.Path) -> None:
+    """Fail early if `out` cannot be created or written -- without creating anything yet."""
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"-out {out}: {probe} exists and is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"-out {out}: cannot write into {probe} (permission denied)")
+
+
+@dataclasses.dataclass
+class Plan:
+    """A validated run: everything is known to be usable before any compute starts."""
+
+    options: Options
+    stimuli: "jaxsal.stimuli.StimulusSet"  # noqa: F821
+    net: "jaxsal.saliency.Net"  # noqa: F821
+
+
+def prepare(options: Options) -> Plan:
+    """Validate everything, cheapest first; load the stimulus list and the weights."""
+    from jaxsal import render
+    from jaxsal.models import get_net_spec
+    from jaxsal.stimuli import read_stim_csv
+
+    spec = get_net_spec(options.net)
+    spec.check_channels(options.layer, options.channels)
+    if options.mode == "gray":
+        render.check_cmap(options.cmap)
+    elif options.cmap != "coolwarm" or options.vmin is not None or options.vmax is not None:
+        render.check_cmap(options.cmap)  # still validated; matplotlib ignores it for RGB maps
+    if options.out is not None:
+        check_out_dir(options.out)
+    if not options.stim.endswith(".stim.csv"):
+        raise UsageError(f"-stim must be a .stim.csv file, got {options.stim!r}")
+    stimuli = read_stim_csv(options.stim)
+
+    from jaxsal.saliency import load_net  # imports JAX: only now that the inputs are sound
+
+    net = load_net(options.net, options.weights)
+    net.check_layer(options.layer)
+    return Plan(options=options, stimuli=stimuli, net=net)
+
+
+class Progress:
+    """`done/total stimuli, rate` on stderr once a run has taken more than a few seconds."""
+
+    def __init__(self, total: int, stream=sys.stderr, delay: float = 3.0, every: float = 10.0):
+        self.total, self.stream, self.delay, self.every = total, stream, delay, every
+        self.start = time.perf_counter()
+        self.last = None
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        elapsed = now - self.start
+        if elapsed < self.delay and done < self.total:
+            return
+        if not self.tty and self.last is not None and now - self.last < self.every and done < self.total:
+            return
+        if not self.shown and done >= self.total and elapsed < self.delay:
+            return
+        rate = done / elapsed if elapsed > 0 else 0.0
+        end = "\r" if self.tty and done < self.total else "\n"
+        self.stream.write(f"{PROG}: {done}/{self.total} stimuli ({rate:.1f} stimuli/s)" + " " * 4 + end)
+        self.stream.flush()
+        self.last, self.shown = now, True
+
+
+@dataclasses.dataclass
+class Timings:
+    decode: float = 0.0
+    compute: float = 0.0
+    display: float = 0.0
+    render: float = 0.0
+    write: float = 0.0
+    setup: float = 0.0
+    total: float = 0.0
+
+    def report(self) -> str:
+        return (f"{PROG}: profile: total {self.total:.2f}s = setup {self.setup:.2f}s + run; "
+                f"decode {self.decode:.2f}s (threads), compute wait {self.compute:.2f}s, "
+                f"display {self.display:.2f}s, render {self.render:.2f}s (worker processes), "
+                f"maps write {self.write:.2f}s")
+
+
+def _decode(path: pathlib.Path, spec) -> tuple:
+    """One stimulus: (native RGB uint8 array for the figure, normalized network input, seconds)."""
+    import numpy as np
+
+    from jaxsal.stimuli import load_image, to_network_input
+
+    t = time.perf_counter()
+    image = load_image(path)
+    native = np.asarray(image)
+    x = to_network_input(image, spec.input_size, spec.mean, spec.std)
+    return native, x, time.perf_counter() - t
+
+
+def render_timed(job) -> tuple[str, float]:
+    """render_figure in a worker, with the seconds it took (for -profile)."""
+    from jaxsal.render import render_figure
+
+    t = time.perf_counter()
+    path = render_figure(job)
+    return path, time.perf_counter() - t
+
+
+def execute(plan: Plan, timings: Timings) -> None:
+    """Compute, render and save; `Finish: i/n` after each figure, in order."""
+    import numpy as np
+
+    from jaxsal import render
+    from jaxsal.maps_io import MapWriter, map_file_meta
+    from jaxsal.saliency import iter_saliency
+
+    o, net, stimuli = plan.options, plan.net, plan.stimuli
+    spec = net.spec
+    n = len(stimuli.paths)
+    slices = render.figure_slices(n)
+    if o.out is not None:
+        o.out.mkdir(parents=True, exist_ok=True)
+
+    writer = None
+    if o.save_maps:
+        shape = (len(o.channels), n, 3, spec.input_size, spec.input_size)
+        meta = map_file_meta(spec.name, o.layer, o.meth, o.channels, stimuli.ids, net.weights)
+        writer = MapWriter(o.out / f"{o.net}_{o.layer}_maps.npz", shape, meta)
+
+    natives: dict[int, object] = {}
+    decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    pool = render.render_pool() if o.out is not None else None
+    can_show = None
+    try:
+        def inputs():
+            ahead = 2 * 64
+            futures = [decoder.submit(_decode, p, spec) for p in stimuli.paths[:ahead]]
+            next_i = len(futures)
+            for i in range(n):
+                native, x, secs = futures[i].result()
+                futures[i] = None
+                timings.decode += secs
+                natives[i] = native
+                if next_i < n:
+                    futures.append(decoder.submit(_decode, stimuli.paths[next_i], spec))
+                    next_i += 1
+                yield x
+
+        progress = Progress(n)
+        figure_futures: list = []
+        pending_figs: list = []  # (k, FigureJob) awaiting Finish
+        displays: dict[int, list] = {}
+        done = 0
+        stream = iter_saliency(net, inputs(), o.layer, o.channels, o.meth, n_images=n,
+                               batch_size=o.batch_size, precision=o.precision)
+        while True:
+            t = time.perf_counter()
+            maps = next(stream, None)
+            timings.compute += time.perf_counter() - t
+            if maps is None:
+                break
+            b = maps.shape[1]
+            t = time.perf_counter()
+            if writer is not None:
+                writer.write(done, maps)
+            timings.write += time.perf_counter() - t
+            t = time.perf_counter()
+            images, constant = render.to_display(maps, o.mode)
+            timings.display += time.perf_counter() - t
+            for j in range(b):
+                i = done + j
+                displays[i] = [images[c, j] for c in range(len(o.channels))]
+                for c, ch in enumerate(o.channels):
+                    if constant[c, j]:
+                        print(f"{PROG}: warning: the map of channel {ch} for stimulus "
+                              f"{stimuli.ids[i]!r} is constant (the channel does not respond "
+                              f"to the image); drawn black", file=sys.stderr)
+            done += b
+            progress.update(done)
+            # Hand every figure whose stimuli are all computed to the renderer.
+            while slices and slices[0].stop <= done:
+                k = len(figure_futures) + 1
+                cols = slices.pop(0)
+                job = render.FigureJob(
+                    out_path=os.fspath(render.figure_path(o.out, o.net, o.layer, k)) if o.out else "",
+                    stimuli=[natives.pop(i) for i in cols],
+                    rows=[(render.channel_label(ch), [displays[i][c] for i in cols])
+                          for c, ch in enumerate(o.channels)],
+                    cmap=o.cmap, vmin=o.vmin, vmax=o.vmax,
+                )
+                for i in cols:
+                    del displays[i]
+                figure_futures.append(pool.submit(render_timed, job) if pool else None)
+                pending_figs.append((k, cols, job))
+                can_show = _finish_ready(pending_figs, figure_futures, n, o, timings, can_show,
+                                         block=False)
+        _finish_ready(pending_figs, figure_futures, n, o, timings, can_show, block=True)
+        if writer is not None:
+            t = time.perf_counter()
+            path = writer.commit()
+            writer = None
+            timings.write += time.perf_counter() - t
+            print(f"{PROG}: maps saved to {path}", file=sys.stderr)
+    finally:
+        if writer is not None:
+            writer.abort()
+        decoder.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish_ready(pending, futures, n, o, timings, can_show, block):
+    """Print `Finish: i/n` (and -show) for leading figures that are done, in figure order."""
+    from jaxsal import render
+
+    while pending:
+        k, cols, job = pending[0]
+        future = futures[k - 1]
+        if future is not None:
+            if not block and not future.done():
+                break
+            _, secs = future.result()
+            timings.render += secs
+        pending.pop(0)
+        if o.show:
+            if can_show is None:
+                can_show = render.can_show()
+                if not can_show:
+                    print(f"{PROG}: cannot show figures: no display"
+                          + ("; figures are saved with -out" if o.out else ""), file=sys.stderr)
+            if can_show:
+                render.show_figure(job)
+        print(f"Finish: {cols.stop}/{n}", flush=True)
+    return can_show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 2 usage/input error, 1 unexpected)."""
+    argv = list(sys.argv if argv is None else argv)
+    timings = Timings()
+    start = time.perf_counter()
+    try:
+        options = parse_args(argv)
+        plan = prepare(options)
+        from jaxsal.runtime import enable_compilation_cache
+        from jaxsal.weights import cache_dir
+
+        enable_compilation_cache(cache_dir() / "xla")
+        timings.setup = time.perf_counter() - start
+        execute(plan, timings)
+    except _Help as h:
+        print(str(h), end="")
+        return 0
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback
+        traceback.print_exc()
+        print(f"{PROG}: internal error (this is a bug in jaxsal, not in your input); please "
+              f"report it with the traceback above", file=sys.stderr)
+        return 1
+    timings.total = time.perf_counter() - start
+    if options.profile:
+        print(timings.report(), file=sys.stderr)
+    return 0
+
+
+def run() -> int:
+    """Console-script entry point."""
+    return main(sys.argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
