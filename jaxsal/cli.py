@@ -309,11 +309,9 @@ def render_timed(job) -> tuple[str, float]:
 
 def execute(plan: Plan, timings: Timings) -> None:
     """Compute, render and save; `Finish: i/n` after each figure, in order."""
-    import numpy as np
-
     from jaxsal import render
     from jaxsal.maps_io import MapWriter, map_file_meta
-    from jaxsal.saliency import iter_saliency
+    from jaxsal.runner import iter_saliency
 
     o, net, stimuli = plan.options, plan.net, plan.stimuli
     spec = net.spec

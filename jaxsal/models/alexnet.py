@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
