@@ -1,35 +1,138 @@
-"""Running the core over many images: fixed-size batches, padding, overlap of host and device.
+"""Running the core over many images: fixed-size batches, all local devices, overlap, OOM retry.
 
-`jaxsal.saliency.compiled_saliency` is the pure jitted function; this module feeds it. Every
-batch has the same shape (the last one is padded), so a run compiles once.
+`jaxsal.saliency.compiled_saliency` is the pure jitted function; this module feeds it.
+- Every batch has the same shape (the last one is padded), so a run compiles once.
+- A batch is sharded along the image axis over a 1-D mesh of all local devices (weights are
+  replicated); one code path for any device count.
+- The next batch is dispatched before the previous one is fetched, so host work (decoding the
+  next images, rendering figures) overlaps device work.
+- Out of device memory, the batch size is halved and the batch recomputed, instead of crashing.
 """
 from __future__ import annotations
 
+import math
+import os
+import sys
 from typing import Iterable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsal.errors import UsageError
 from jaxsal.saliency import Net, check_method, check_precision, compiled_saliency
 
+# Largest batch worth using per platform: beyond it throughput stops growing (CPU caches) while
+# latency to the first figure and host memory keep growing.
+_MAX_BATCH_PER_DEVICE = {"cpu": 64, "gpu": 512, "tpu": 512}
 
-def pick_batch_size(n_images: int, batch_size: int | None) -> int:
-    """The fixed batch size of a run: the requested size (or a default), no larger than needed,
-    and a multiple of the local device count so the batch shards evenly."""
+
+def device_mesh() -> Mesh:
+    """A 1-D mesh named 'batch' over every local device."""
+    return Mesh(np.asarray(jax.local_devices()), ("batch",))
+
+
+def bytes_per_image(net: Net, layer: str, n_channels: int, dtype_bytes: int = 4) -> int:
+    """Rough device memory of one image in one call: the activations kept for the backward pass
+    up to `layer`, plus one cotangent/gradient set per channel, plus the input and its maps,
+    times 2 for XLA's temporaries. Deliberately pessimistic."""
+    activations = 0
+    for info in net.spec.layers:
+        activations += math.prod(info.shape)
+        if info.name == layer:
+            break
+    s = net.spec.input_size
+    image = 3 * s * s
+    return 2 * dtype_bytes * (activations * (1 + n_channels) + image * (1 + 2 * n_channels))
+
+
+def device_memory_bytes(device) -> int | None:
+    """Memory available to `device`: the allocator's limit on accelerators, free RAM on a CPU."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    if device.platform == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def default_batch_size(net: Net, layer: str, n_channels: int) -> int:
+    """Images per device batch that fit in half of the device's free memory, capped where
+    throughput stops improving; times the number of local devices."""
+    device = jax.local_devices()[0]
+    cap = _MAX_BATCH_PER_DEVICE.get(device.platform, 64)
+    memory = device_memory_bytes(device)
+    if memory is not None:
+        cap = max(1, min(cap, memory // 2 // bytes_per_image(net, layer, n_channels)))
+    return cap * jax.local_device_count()
+
+
+def pick_batch_size(n_images: int, batch_size: int | None, net: Net | None = None,
+                    layer: str | None = None, n_channels: int = 1) -> int:
+    """The fixed batch size of a run: the requested size (or one chosen from the device memory),
+    no larger than needed, and a multiple of the local device count so it shards evenly."""
     n_dev = jax.local_device_count()
     if batch_size is None:
-        batch_size = default_batch_size()
+        batch_size = default_batch_size(net, layer, n_channels) if net is not None else 32
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     size = min(batch_size, max(n_images, 1))
     return -(-size // n_dev) * n_dev
 
 
-def default_batch_size() -> int:
-    """A batch size that keeps one batch's activations and gradients well inside memory."""
-    return 32
+def is_out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+class _Batcher:
+    """Dispatches fixed-size, padded, sharded batches; shrinks the size on out-of-memory."""
+
+    def __init__(self, fn, params, channels0, size: int, mesh: Mesh):
+        self.fn, self.size, self.mesh = fn, size, mesh
+        self.n_dev = mesh.devices.size
+        self.images_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self.params = jax.device_put(params, replicated)
+        self.channels0 = jax.device_put(channels0, replicated)
+
+    def dispatch(self, batch: np.ndarray) -> list:
+        """Start computing `batch` (b <= any size) in chunks of the current size; returns
+        [(device result, real count)] without waiting."""
+        out = []
+        for start in range(0, batch.shape[0], self.size):
+            chunk = batch[start : start + self.size]
+            real = chunk.shape[0]
+            if real < self.size:
+                pad = np.zeros((self.size - real,) + chunk.shape[1:], chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            x = jax.device_put(chunk, self.images_sharding)
+            out.append((self.fn(self.params, x, self.channels0), real))
+        return out
+
+    def fetch(self, batch: np.ndarray, started: list) -> np.ndarray:
+        """The maps of `batch` (K, b, ...), recomputing with smaller batches on out-of-memory."""
+        while True:
+            try:
+                parts = [np.asarray(result)[:, :real] for result, real in started]
+                return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            except Exception as error:  # noqa: BLE001 - XLA's error type varies by version
+                if not is_out_of_memory(error):
+                    raise
+                if self.size <= self.n_dev:
+                    raise UsageError(
+                        "out of device memory even with one image per device; use a smaller "
+                        "target layer, fewer channels, or a device with more memory") from None
+                self.size = max(self.n_dev, (self.size // 2) // self.n_dev * self.n_dev)
+                print(f"jaxsal: out of device memory; retrying with batch size {self.size}",
+                      file=sys.stderr)
+                started = self.dispatch(batch)
 
 
 def iter_saliency(
@@ -43,30 +146,23 @@ def iter_saliency(
     batch_size: int | None = None,
     precision: str = "highest",
 ) -> Iterator[np.ndarray]:
-    """Stream maps batch by batch: yields float32 (K, b, 3, S, S) for each consecutive batch of
-    `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch.
-
-    The next batch is dispatched before the previous one is fetched, so host work (decoding the
-    next images, rendering) overlaps device work.
-    """
+    """Stream maps batch by batch: yields float32 (K, b, ...) maps for each consecutive batch of
+    `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch."""
     check_method(method)
     check_precision(precision)
     net.check_layer(layer)
     channels = net.spec.check_channels(layer, channels)
     fn = compiled_saliency(net.spec, layer, method, precision)
-    size = pick_batch_size(n_images, batch_size)
-    ch0 = jnp.asarray(np.asarray(channels, np.int32) - 1)
+    size = pick_batch_size(n_images, batch_size, net, layer, len(channels))
+    batcher = _Batcher(fn, net.params, np.asarray(channels, np.int32) - 1, size, device_mesh())
     pending = None
     for batch in _batches(inputs, size):
-        real = batch.shape[0]
-        if real < size:
-            batch = np.concatenate([batch, np.zeros((size - real,) + batch.shape[1:], batch.dtype)])
-        result = (fn(net.params, jnp.asarray(batch), ch0), real)
+        started = (batch, batcher.dispatch(batch))
         if pending is not None:
-            yield np.asarray(pending[0])[:, : pending[1]]
-        pending = result
+            yield batcher.fetch(*pending)
+        pending = started
     if pending is not None:
-        yield np.asarray(pending[0])[:, : pending[1]]
+        yield batcher.fetch(*pending)
 
 
 def _batches(inputs: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -78,5 +174,3 @@ def _batches(inputs: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
             chunk = []
     if chunk:
         yield np.stack(chunk)
-
-

@@ -1,0 +1,139 @@
+"""Batching, multi-device sharding, batch-size choice and out-of-memory retry."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsal import runner
+from jaxsal.errors import UsageError
+from jaxsal.models import get_net_spec
+from jaxsal.saliency import Net
+
+
+class _RandomWeights:
+    has_fc = True
+
+    def describe(self):
+        return "random"
+
+
+def random_net(seed=0):
+    spec = get_net_spec("AlexNet")
+    params = spec.build("fc3").init(jax.random.PRNGKey(seed), jnp.zeros((1, 224, 224, 3)))["params"]
+    return Net(spec=spec, weights=_RandomWeights(), params=params)
+
+
+def inputs(n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 224, 224, 3)).astype(np.float32)
+
+
+SHARDED_RUN = textwrap.dedent("""
+    import sys, numpy as np, jax
+    sys.path.insert(0, {tests!r})
+    from test_runner import random_net, inputs
+    from jaxsal.runner import iter_saliency
+    assert jax.local_device_count() == 4, jax.local_devices()
+    parts = list(iter_saliency(random_net(), inputs(5), "conv5", [3, 77], "guided",
+                               n_images=5, batch_size=3))
+    np.save({out!r}, np.concatenate(parts, axis=1))
+    print([p.shape for p in parts])
+""")
+
+
+@pytest.mark.slow
+def test_four_cpu_devices_give_the_single_device_result(tmp_path):
+    out = tmp_path / "sharded.npy"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    code = SHARDED_RUN.format(tests=os.path.dirname(__file__), out=str(out))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # batch_size 3 rounds up to 4 (a multiple of the device count): batches of 4 and 1 (+3 padding)
+    assert done.stdout.strip() == "[(2, 4, 3, 224, 224), (2, 1, 3, 224, 224)]"
+    sharded = np.load(out)
+    single = np.concatenate(list(runner.iter_saliency(random_net(), inputs(5), "conv5", [3, 77],
+                                                      "guided", n_images=5, batch_size=3)), axis=1)
+    assert single.shape == sharded.shape == (2, 5, 3, 224, 224)
+    scale = np.abs(single).max()
+    assert scale > 0
+    np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-6 * scale)
+
+
+def test_batch_size_rounds_to_device_count_and_never_exceeds_need(monkeypatch):
+    monkeypatch.setattr(jax, "local_device_count", lambda: 4)
+    assert runner.pick_batch_size(5, 3) == 4
+    assert runner.pick_batch_size(2, 64) == 4
+    assert runner.pick_batch_size(100, 64) == 64
+    with pytest.raises(UsageError):
+        runner.pick_batch_size(10, 0)
+
+
+def test_default_batch_size_follows_device_memory(monkeypatch):
+    net = random_net()
+    per_image = runner.bytes_per_image(net, "fc3", 2)
+    assert per_image > runner.bytes_per_image(net, "conv1", 2) > 0
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda device: 10 * per_image)
+    assert runner.default_batch_size(net, "fc3", 2) == 5 * jax.local_device_count()
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda device: per_image)
+    assert runner.default_batch_size(net, "fc3", 2) == jax.local_device_count()
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda device: 10**15)
+    assert runner.default_batch_size(net, "fc3", 2) == 64 * jax.local_device_count()  # CPU cap
+
+
+class _FakeOOM(RuntimeError):
+    pass
+
+
+def test_out_of_memory_halves_the_batch_and_recomputes(monkeypatch, capsys):
+    net = random_net()
+    real_fn = runner.compiled_saliency(net.spec, "conv2", "vanilla", "highest")
+    sizes = []
+
+    class Deferred:
+        """Raises at fetch time, as an asynchronous device error does."""
+
+        def __init__(self, value, fail):
+            self.value, self.fail = value, fail
+
+        def __array__(self, dtype=None, copy=None):
+            if self.fail:
+                raise _FakeOOM("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+            return np.asarray(self.value)
+
+    def fake_compiled(spec, layer, method, precision):
+        def fn(params, x, ch0):
+            sizes.append(x.shape[0])
+            return Deferred(real_fn(params, x, ch0), fail=x.shape[0] > 2)
+        return fn
+
+    monkeypatch.setattr(runner, "compiled_saliency", fake_compiled)
+    parts = list(runner.iter_saliency(net, inputs(7), "conv2", [4], "vanilla", n_images=7, batch_size=8))
+    got = np.concatenate(parts, axis=1)
+    assert got.shape == (1, 7, 3, 224, 224)
+    assert sizes[0] == 7 and 3 in sizes and sizes[-1] == 1  # 7 -> 3 -> 1 image per call
+    assert "retrying with batch size" in capsys.readouterr().err
+    expected = np.asarray(real_fn(net.params, jnp.asarray(inputs(7)), jnp.asarray([3])))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_out_of_memory_at_the_smallest_batch_is_a_clear_error(monkeypatch):
+    net = random_net()
+
+    def fake_compiled(*args):
+        def fn(params, x, ch0):
+            raise _FakeOOM("RESOURCE_EXHAUSTED: out of memory")
+        return fn
+
+    monkeypatch.setattr(runner, "compiled_saliency", fake_compiled)
+    monkeypatch.setattr(runner._Batcher, "dispatch", lambda self, batch: [(_Raise(), batch.shape[0])])
+    with pytest.raises(UsageError, match="out of device memory"):
+        list(runner.iter_saliency(net, inputs(1), "conv1", [1], "vanilla", n_images=1, batch_size=1))
+
+
+class _Raise:
+    def __array__(self, dtype=None, copy=None):
+        raise _FakeOOM("RESOURCE_EXHAUSTED: out of memory")
