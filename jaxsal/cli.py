@@ -31,6 +31,7 @@ usage: {PROG} [-h] -net Net -layer Layer -chn Channel [Channel ...]
                     [-vmin Vmin] [-vmax Vmax] [-show] [-out Output]
                     [-weights Weights] [-save_maps] [-batch_size N]
                     [-precision Precision] [-profile]
+                    [-coordinator_address Host:Port -num_processes N -process_id I]
 
 Find the saliency parts of an image that contributes to the activation of the specified channel.
 """
@@ -81,6 +82,12 @@ def define_flags() -> flags.FlagValues:
                         "TF32 on GPUs) or bfloat16", flag_values=fv)
     flags.DEFINE_boolean("profile", False, "print where the time went (decode, compute, "
                          "render, write) on stderr at the end", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "multi-process runs: HOST:PORT of process "
+                        "0, the same for every process", flag_values=fv)
+    flags.DEFINE_integer("num_processes", 1, "multi-process runs: how many processes share the "
+                         "stimuli", flag_values=fv)
+    flags.DEFINE_integer("process_id", 0, "multi-process runs: this process's number, "
+                         "0..num_processes-1", flag_values=fv)
     return fv
 
 
@@ -102,6 +109,7 @@ class Options:
     batch_size: int | None
     precision: str
     profile: bool
+    cluster: "jaxsal.distributed.Cluster"  # noqa: F821
 
 
 _INT = re.compile(r"^[+-]?\d+$")
@@ -135,7 +143,8 @@ def join_channel_values(argv: Sequence[str]) -> list[str]:
 def usage_text(fv: flags.FlagValues) -> str:
     lines = [SYNOPSIS, "arguments:"]
     for name in ("net", "layer", "chn", "stim", "meth", "mode", "cmap", "vmin", "vmax", "show",
-                 "out", "weights", "save_maps", "batch_size", "precision", "profile"):
+                 "out", "weights", "save_maps", "batch_size", "precision", "profile",
+                 "coordinator_address", "num_processes", "process_id"):
         flag = fv[name]
         req = " (required)" if name in ("net", "layer", "chn", "stim") else ""
         default = "" if flag.default is None or isinstance(flag.default, bool) else f" [default: {flag.default}]"
@@ -182,12 +191,15 @@ def parse_args(argv: Sequence[str]) -> Options:
         raise UsageError(f"-precision must be highest, default or bfloat16, got {fv.precision!r}")
     if fv.vmin is not None and fv.vmax is not None and fv.vmin > fv.vmax:
         raise UsageError(f"-vmin ({fv.vmin}) is larger than -vmax ({fv.vmax})")
+    from jaxsal.distributed import Cluster
+
+    cluster = Cluster(fv.num_processes, fv.process_id, fv.coordinator_address).check()
     return Options(
         net=fv.net, layer=fv.layer, channels=tuple(channels), stim=fv.stim, meth=fv.meth,
         mode=fv.mode, cmap=fv.cmap, vmin=fv.vmin, vmax=fv.vmax, show=fv.show,
         out=pathlib.Path(fv.out) if fv.out is not None else None, weights=fv.weights,
         save_maps=fv.save_maps, batch_size=fv.batch_size, precision=fv.precision,
-        profile=fv.profile,
+        profile=fv.profile, cluster=cluster,
     )
 
 
@@ -235,6 +247,10 @@ def prepare(options: Options) -> Plan:
         raise UsageError(f"-stim must be a .stim.csv file, got {options.stim!r}")
     stimuli = read_stim_csv(options.stim)
 
+    if options.cluster.is_multi:  # must come before JAX's first computation
+        from jaxsal import distributed
+
+        distributed.initialize(options.cluster)
     from jaxsal.saliency import load_net  # imports JAX: only now that the inputs are sound
 
     net = load_net(options.net, options.weights)
@@ -307,51 +323,63 @@ def render_timed(job) -> tuple[str, float]:
     return path, time.perf_counter() - t
 
 
-def execute(plan: Plan, timings: Timings) -> None:
-    """Compute, render and save; `Finish: i/n` after each figure, in order."""
-    from jaxsal import render
+def execute(plan: Plan, timings: Timings, cluster=None) -> None:
+    """Compute, render and save; `Finish: i/n` after each figure, in order.
+
+    With a multi-process `cluster`, this process does only its share of the figures (see
+    `jaxsal.distributed`) and process 0 merges the saved maps at the end.
+    """
+    from jaxsal import distributed, render
     from jaxsal.maps_io import MapWriter, map_file_meta
     from jaxsal.runner import iter_saliency
 
     o, net, stimuli = plan.options, plan.net, plan.stimuli
+    cluster = cluster or distributed.Cluster()
     spec = net.spec
     n = len(stimuli.paths)
-    slices = render.figure_slices(n)
+    all_slices = render.figure_slices(n)
+    # (global figure number k, global stimulus indices) of the figures this process draws
+    figures = [(k + 1, all_slices[k]) for k in cluster.my_figures(len(all_slices))]
+    mine = [i for _, cols in figures for i in cols]
     if o.out is not None:
         o.out.mkdir(parents=True, exist_ok=True)
 
-    writer = None
+    writer = final_maps = None
     if o.save_maps:
-        shape = (len(o.channels), n, 3, spec.input_size, spec.input_size)
+        final_maps = o.out / f"{o.net}_{o.layer}_maps.npz"
+        shape = (len(o.channels), len(mine), 3, spec.input_size, spec.input_size)
         meta = map_file_meta(spec.name, o.layer, o.meth, o.channels, stimuli.ids, net.weights)
-        writer = MapWriter(o.out / f"{o.net}_{o.layer}_maps.npz", shape, meta)
+        if cluster.is_multi:
+            meta = {**meta, "indices": np_array_int64(mine)}
+            writer = MapWriter(distributed.part_path(final_maps, cluster), shape, meta)
+        else:
+            writer = MapWriter(final_maps, shape, meta)
 
     natives: dict[int, object] = {}
     decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    pool = render.render_pool() if o.out is not None else None
+    pool = render.render_pool() if o.out is not None and figures else None
     can_show = None
     try:
         def inputs():
             ahead = 2 * 64
-            futures = [decoder.submit(_decode, p, spec) for p in stimuli.paths[:ahead]]
-            next_i = len(futures)
-            for i in range(n):
-                native, x, secs = futures[i].result()
-                futures[i] = None
+            futures = [decoder.submit(_decode, stimuli.paths[i], spec) for i in mine[:ahead]]
+            for pos, i in enumerate(mine):
+                native, x, secs = futures[pos].result()
+                futures[pos] = None
                 timings.decode += secs
                 natives[i] = native
-                if next_i < n:
-                    futures.append(decoder.submit(_decode, stimuli.paths[next_i], spec))
-                    next_i += 1
+                if len(futures) < len(mine):
+                    futures.append(decoder.submit(_decode, stimuli.paths[mine[len(futures)]], spec))
                 yield x
 
-        progress = Progress(n)
+        progress = Progress(len(mine))
         figure_futures: list = []
-        pending_figs: list = []  # (k, FigureJob) awaiting Finish
+        pending_figs: list = []  # (position, k, cols, FigureJob) awaiting Finish
         displays: dict[int, list] = {}
-        done = 0
-        stream = iter_saliency(net, inputs(), o.layer, o.channels, o.meth, n_images=n,
-                               batch_size=o.batch_size, precision=o.precision)
+        done = 0  # stimuli of `mine` computed so far
+        stream = iter_saliency(net, inputs(), o.layer, o.channels, o.meth, n_images=len(mine),
+                               batch_size=o.batch_size, precision=o.precision) if mine else iter(())
+        next_figure = 0
         while True:
             t = time.perf_counter()
             maps = next(stream, None)
@@ -367,7 +395,7 @@ def execute(plan: Plan, timings: Timings) -> None:
             images, constant = render.to_display(maps, o.mode)
             timings.display += time.perf_counter() - t
             for j in range(b):
-                i = done + j
+                i = mine[done + j]
                 displays[i] = [images[c, j] for c in range(len(o.channels))]
                 for c, ch in enumerate(o.channels):
                     if constant[c, j]:
@@ -377,9 +405,8 @@ def execute(plan: Plan, timings: Timings) -> None:
             done += b
             progress.update(done)
             # Hand every figure whose stimuli are all computed to the renderer.
-            while slices and slices[0].stop <= done:
-                k = len(figure_futures) + 1
-                cols = slices.pop(0)
+            while next_figure < len(figures) and all(i in displays for i in figures[next_figure][1]):
+                k, cols = figures[next_figure]
                 job = render.FigureJob(
                     out_path=os.fspath(render.figure_path(o.out, o.net, o.layer, k)) if o.out else "",
                     stimuli=[natives.pop(i) for i in cols],
@@ -390,7 +417,8 @@ def execute(plan: Plan, timings: Timings) -> None:
                 for i in cols:
                     del displays[i]
                 figure_futures.append(pool.submit(render_timed, job) if pool else None)
-                pending_figs.append((k, cols, job))
+                pending_figs.append((next_figure, k, cols, job))
+                next_figure += 1
                 can_show = _finish_ready(pending_figs, figure_futures, n, o, timings, can_show,
                                          block=False)
         _finish_ready(pending_figs, figure_futures, n, o, timings, can_show, block=True)
@@ -398,8 +426,16 @@ def execute(plan: Plan, timings: Timings) -> None:
             t = time.perf_counter()
             path = writer.commit()
             writer = None
+            if cluster.is_multi:
+                distributed.barrier("jaxsal_maps_parts_written")
+                if cluster.process_id == 0:
+                    shape = (len(o.channels), n, 3, spec.input_size, spec.input_size)
+                    meta = map_file_meta(spec.name, o.layer, o.meth, o.channels, stimuli.ids,
+                                         net.weights)
+                    path = distributed.merge_parts(final_maps, cluster, shape, meta)
             timings.write += time.perf_counter() - t
-            print(f"{PROG}: maps saved to {path}", file=sys.stderr)
+            if cluster.process_id == 0:
+                print(f"{PROG}: maps saved to {path}", file=sys.stderr)
     finally:
         if writer is not None:
             writer.abort()
@@ -408,13 +444,19 @@ def execute(plan: Plan, timings: Timings) -> None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def np_array_int64(values):
+    import numpy as np
+
+    return np.asarray(values, np.int64)
+
+
 def _finish_ready(pending, futures, n, o, timings, can_show, block):
     """Print `Finish: i/n` (and -show) for leading figures that are done, in figure order."""
     from jaxsal import render
 
     while pending:
-        k, cols, job = pending[0]
-        future = futures[k - 1]
+        position, k, cols, job = pending[0]
+        future = futures[position]
         if future is not None:
             if not block and not future.done():
                 break
@@ -446,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         enable_compilation_cache(cache_dir() / "xla")
         timings.setup = time.perf_counter() - start
-        execute(plan, timings)
+        execute(plan, timings, options.cluster)
     except _Help as h:
         print(str(h), end="")
         return 0

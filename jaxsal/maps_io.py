@@ -33,6 +33,10 @@ class MapWriter:
         """Store maps (K, b, 3, S, S) for stimuli start .. start + b - 1."""
         self._maps[:, start : start + maps.shape[1]] = maps
 
+    def write_at(self, indices, maps: np.ndarray) -> None:
+        """Store maps (K, len(indices), ...) for the given stimulus indices."""
+        self._maps[:, np.asarray(indices)] = maps
+
     def commit(self) -> pathlib.Path:
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         try:

@@ -1,0 +1,96 @@
+"""Spreading one run over several processes or hosts with JAX's multi-controller runtime.
+
+Every process runs the same command with its own -process_id. Figures (slices of 6 stimuli) are
+dealt round-robin: process p computes figures p+1, p+1+P, ... -- a disjoint, deterministic
+share, and figure file names stay global, so nothing clashes. With -save_maps each process
+writes its share to a part file in the (shared) output folder; after a barrier, process 0 merges
+the parts into the one .npz file and removes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from jaxsal.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    num_processes: int = 1
+    process_id: int = 0
+    coordinator_address: str | None = None
+
+    @property
+    def is_multi(self) -> bool:
+        return self.num_processes > 1
+
+    def check(self) -> "Cluster":
+        if self.num_processes < 1:
+            raise UsageError(f"-num_processes must be at least 1, got {self.num_processes}")
+        if not 0 <= self.process_id < self.num_processes:
+            raise UsageError(f"-process_id must be in 0..{self.num_processes - 1}, got {self.process_id}")
+        if self.is_multi and not self.coordinator_address:
+            raise UsageError("-num_processes > 1 needs -coordinator_address HOST:PORT (process 0's "
+                             "address, the same for every process)")
+        return self
+
+    def my_figures(self, n_figures: int) -> list[int]:
+        """0-based indices of the figures this process computes."""
+        return list(range(self.process_id, n_figures, self.num_processes))
+
+
+def initialize(cluster: Cluster, timeout_s: int = 300) -> None:
+    """Join the run's processes (blocks until all have joined)."""
+    import jax
+
+    try:  # CPU processes need a collectives backend for the barrier
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception:  # noqa: BLE001 - older/newer jax without the option
+        pass
+    jax.distributed.initialize(
+        coordinator_address=cluster.coordinator_address, num_processes=cluster.num_processes,
+        process_id=cluster.process_id, initialization_timeout=timeout_s)
+
+
+def barrier(name: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def shutdown() -> None:
+    import jax
+
+    jax.distributed.shutdown()
+
+
+def part_path(final: pathlib.Path, cluster: Cluster) -> pathlib.Path:
+    return final.with_name(f"{final.stem}.part{cluster.process_id}-of-{cluster.num_processes}.npz")
+
+
+def merge_parts(final: pathlib.Path, cluster: Cluster, shape: tuple[int, ...], meta: dict) -> pathlib.Path:
+    """Process 0: gather every part's maps (with their global stimulus indices) into `final`."""
+    from jaxsal.maps_io import MapWriter
+
+    writer = MapWriter(final, shape, meta)
+    parts = [part_path(final, dataclasses.replace(cluster, process_id=p))
+             for p in range(cluster.num_processes)]
+    try:
+        seen = np.zeros(shape[1], bool)
+        for part in parts:
+            with np.load(part) as z:
+                indices = z["indices"]
+                if len(indices):
+                    writer.write_at(indices, z["maps"])
+                seen[indices] = True
+        if not seen.all():
+            raise RuntimeError(f"merged maps miss stimuli {np.flatnonzero(~seen)[:10].tolist()}")
+        path = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,70 @@
+"""A run spread over 2 processes on 127.0.0.1 (jax.distributed, CPU) equals a single-process run."""
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxsal.distributed import Cluster
+from jaxsal.errors import UsageError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = pathlib.Path(sys.executable).with_name("dnn_saliency")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_shares_are_disjoint_round_robin_and_cover_everything():
+    shares = [Cluster(3, p, "127.0.0.1:1").check().my_figures(8) for p in range(3)]
+    assert shares == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    assert Cluster().my_figures(2) == [0, 1]
+    with pytest.raises(UsageError, match="coordinator"):
+        Cluster(2, 0, None).check()
+    with pytest.raises(UsageError, match="process_id"):
+        Cluster(2, 2, "127.0.0.1:1").check()
+
+
+@pytest.mark.slow
+def test_two_processes_merge_to_the_single_process_result(tmp_path):
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXSAL_WEIGHTS", "DISPLAY")}
+    env.update(HOME=str(tmp_path), JAXSAL_HOME=str(tmp_path / "jaxsal"), TORCH_HOME=str(tmp_path / "t"),
+               JAX_PLATFORMS="cpu")
+    common = [str(SCRIPT), "-net", "AlexNet", "-layer", "conv5", "-chn", "60", "125",
+              "-stim", "examples/examples.stim.csv", "-save_maps"]
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen(common + ["-out", "multi", "-coordinator_address", address,
+                                        "-num_processes", "2", "-process_id", str(p)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for p in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    # 7 stimuli = 2 figures: process 0 draws figure 1, process 1 figure 2.
+    assert [line for line in outs[0][0].splitlines() if line.startswith("Finish")] == ["Finish: 6/7"]
+    assert [line for line in outs[1][0].splitlines() if line.startswith("Finish")] == ["Finish: 7/7"]
+    single = subprocess.run(common + ["-out", "single"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    multi_dir, single_dir = tmp_path / "multi", tmp_path / "single"
+    assert sorted(p.name for p in multi_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir()) == [
+        "AlexNet_conv5_fig1.jpg", "AlexNet_conv5_fig2.jpg", "AlexNet_conv5_maps.npz"]  # no parts left
+    with np.load(multi_dir / "AlexNet_conv5_maps.npz") as a, np.load(single_dir / "AlexNet_conv5_maps.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in b.files:
+            if key != "maps":
+                np.testing.assert_array_equal(a[key], b[key])
+        # Batches of 6 and 1 vs one of 7: XLA's CPU kernels may round differently per batch shape.
+        scale = np.abs(b["maps"]).max()
+        assert scale > 0
+        np.testing.assert_allclose(a["maps"], b["maps"], rtol=0, atol=1e-6 * scale)
+    for fig in ("AlexNet_conv5_fig1.jpg", "AlexNet_conv5_fig2.jpg"):
+        assert (multi_dir / fig).read_bytes() == (single_dir / fig).read_bytes()
