@@ -1,0 +1,254 @@
+"""torchvision .pth -> jaxsal safetensors: values, layout, provenance, errors, and the CLI."""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxsal.errors import UsageError
+from jaxsal.models import get_net_spec
+from jaxsal.weights import convert_checkpoint, load_weights
+from jaxsal.weights.convert import run
+
+torch = pytest.importorskip("torch")
+
+SPEC = get_net_spec("AlexNet")
+CONVS = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
+         "conv4": "features.8", "conv5": "features.10"}
+FCS = {"fc1": "classifier.1", "fc2": "classifier.4", "fc3": "classifier.6"}
+
+
+@pytest.fixture(scope="module")
+def converted(torchvision_alexnet_checkpoint, tmp_path_factory):
+    src, state = torchvision_alexnet_checkpoint
+    dst = tmp_path_factory.mktemp("converted") / "alexnet.safetensors"
+    weights = convert_checkpoint(SPEC, src, dst)
+    return src, state, dst, weights
+
+
+def test_conv_and_fc_layouts(converted):
+    _, state, _, weights = converted
+    p = weights.params
+    assert set(p) == {f"{n}.{leaf}" for n in (*CONVS, *FCS) for leaf in ("kernel", "bias")}
+    for name, tname in CONVS.items():
+        np.testing.assert_array_equal(p[f"{name}.kernel"], state[f"{tname}.weight"].transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(p[f"{name}.bias"], state[f"{tname}.bias"])
+    for name in ("fc2", "fc3"):
+        np.testing.assert_array_equal(p[f"{name}.kernel"], state[f"{FCS[name]}.weight"].T)
+    for name, tname in FCS.items():
+        np.testing.assert_array_equal(p[f"{name}.bias"], state[f"{tname}.bias"])
+    assert all(a.dtype == np.float32 for a in p.values())
+    assert weights.has_fc
+
+
+def test_fc1_rows_follow_hwc_flattening(converted):
+    """torch's classifier.1 on a C,H,W-flattened activation == our kernel on the H,W,C flattening."""
+    _, state, _, weights = converted
+    rng = np.random.default_rng(5)
+    act_chw = rng.standard_normal((256, 6, 6)).astype(np.float32)
+    linear = torch.nn.Linear(9216, 4096)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(state["classifier.1.weight"]))
+        linear.bias.copy_(torch.from_numpy(state["classifier.1.bias"]))
+        want = linear(torch.from_numpy(act_chw).reshape(1, -1)).double().numpy()[0]
+    act_hwc = act_chw.transpose(1, 2, 0).reshape(-1).astype(np.float64)
+    got = act_hwc @ weights.params["fc1.kernel"].astype(np.float64) + weights.params["fc1.bias"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    # And the naive (wrong) C,H,W flattening does not match: the test can fail.
+    naive = act_chw.reshape(-1).astype(np.float64) @ weights.params["fc1.kernel"].astype(np.float64)
+    assert np.abs(naive + weights.params["fc1.bias"] - want).max() > 1e-2
+
+
+def test_conv_kernel_is_hwio(converted):
+    """One output value of torch's conv2 equals the HWIO-kernel correlation at that position."""
+    _, state, _, weights = converted
+    rng = np.random.default_rng(6)
+    x_chw = rng.standard_normal((64, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(
+            torch.from_numpy(x_chw)[None], torch.from_numpy(state["features.3.weight"]),
+            torch.from_numpy(state["features.3.bias"]),
+        ).double().numpy()[0]  # (192, 5, 5), no padding
+    k = weights.params["conv2.kernel"].astype(np.float64)  # (5, 5, 64, 192) = (kH, kW, in, out)
+    x_hwc = x_chw.transpose(1, 2, 0).astype(np.float64)
+    for y, x in [(0, 0), (2, 3), (4, 4)]:
+        got = np.einsum("hwi,hwio->o", x_hwc[y : y + 5, x : x + 5], k) + weights.params["conv2.bias"]
+        np.testing.assert_allclose(got, out[:, y, x], rtol=0, atol=1e-4)
+
+
+def test_safetensors_file_and_provenance(converted):
+    src, _, dst, weights = converted
+    data = dst.read_bytes()
+    assert weights.sha256 == hashlib.sha256(data).hexdigest()
+    assert weights.source == str(dst)
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__")
+    assert list(header) == sorted(header)
+    assert all(entry["dtype"] == "F32" for entry in header.values())
+    assert list(meta) == sorted(meta)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert meta["source_file"] == src.name
+    assert meta["source_sha256"] == sha
+    assert meta["net"] == "AlexNet"
+    assert meta["format"] == "jaxsal-flat-v1"
+    assert meta["layout"] == "conv HWIO; fc (in,out), fc1 rows in H,W,C order"
+    assert meta["converter"].startswith("jaxsal ")
+    assert weights.provenance == meta
+    assert weights.describe() == f"{src.name} (sha256 {sha[:8]}...) via {dst}"
+    loaded = load_weights(SPEC, dst)
+    assert loaded.sha256 == weights.sha256 and loaded.provenance == meta
+    assert loaded.source == str(dst) and loaded.describe() == weights.describe()
+    for key in weights.params:
+        np.testing.assert_array_equal(loaded.params[key], weights.params[key], err_msg=key)
+
+
+def test_cli_dst_output_is_deterministic(converted, tmp_path, capsys, weights_env):
+    """Converting again (through the CLI, --dst) gives the same bytes, and no temp file."""
+    src, _, dst, _ = converted
+    out = tmp_path / "deep" / "again.safetensors"
+    assert run(["--src", str(src), "--dst", str(out)]) == 0
+    assert f"JAXSAL_WEIGHTS={out}" in capsys.readouterr().out
+    assert out.read_bytes() == dst.read_bytes()
+    assert [p.name for p in out.parent.iterdir()] == ["again.safetensors"]  # no temp file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file, not a 0600 temp file
+    assert not weights_env.jaxsal_home.exists()  # --dst given: the cache is not touched
+
+
+def test_legacy_format_gives_identical_params(converted, tmp_path):
+    _, state, _, ref = converted
+    src = tmp_path / "alexnet-legacy.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, src, _use_new_zipfile_serialization=False)
+    weights = convert_checkpoint(SPEC, src, tmp_path / "legacy.safetensors")
+    for key, arr in ref.params.items():
+        np.testing.assert_array_equal(weights.params[key], arr, err_msg=key)
+
+
+def test_in_memory_conversion_of_explicit_pth(converted, weights_env):
+    src, _, _, ref = converted
+    weights = load_weights(SPEC, src)
+    assert weights.source == str(src)
+    assert weights.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert weights.describe().endswith(f"converted in memory from {src}")
+    for key in ref.params:
+        np.testing.assert_array_equal(weights.params[key], ref.params[key], err_msg=key)
+    assert not weights_env.jaxsal_home.exists()  # nothing cached
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def tiny_state(**changes):
+    state = collections.OrderedDict()
+    for tname in (*CONVS.values(), *FCS.values()):
+        state[f"{tname}.weight"] = torch.zeros(2, 2, 1, 1) if tname.startswith("f") else torch.zeros(2, 2)
+        state[f"{tname}.bias"] = torch.zeros(2)
+    for key, value in changes.items():
+        if value is None:
+            state.pop(key)
+        else:
+            state[key] = value
+    return state
+
+
+def convert_error(src, tmp_path):
+    with pytest.raises(UsageError) as info:
+        convert_checkpoint(SPEC, src, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+def test_missing_key(torchvision_alexnet_checkpoint, tmp_path):
+    _, state = torchvision_alexnet_checkpoint
+    conv_only = {k: torch.from_numpy(v) for k, v in state.items() if k.startswith("features")}
+    torch.save(conv_only, tmp_path / "features.pth")
+    text = convert_error(tmp_path / "features.pth", tmp_path)
+    assert "missing keys" in text and "classifier.1.weight" in text and "features.pth" in text
+
+
+def test_wrong_shapes(tmp_path):
+    torch.save(tiny_state(), tmp_path / "tiny.pth")
+    text = convert_error(tmp_path / "tiny.pth", tmp_path)
+    assert "shape" in text and "tiny.pth" in text
+
+
+def test_unexpected_key_and_integer_tensor(tmp_path):
+    torch.save(tiny_state(**{"features.99.weight": torch.zeros(1)}), tmp_path / "extra.pth")
+    assert "features.99.weight" in convert_error(tmp_path / "extra.pth", tmp_path)
+    torch.save(tiny_state(**{"features.0.bias": torch.zeros(2, dtype=torch.long)}), tmp_path / "int.pth")
+    assert "not floating point" in convert_error(tmp_path / "int.pth", tmp_path)
+
+
+def test_name_hash_mismatch(torchvision_alexnet_checkpoint, tmp_path):
+    src, _ = torchvision_alexnet_checkpoint
+    liar = tmp_path / "alexnet-owt-7be5be79.pth"
+    liar.symlink_to(src)
+    text = convert_error(liar, tmp_path)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert "7be5be79" in text and sha in text and "mismatch" in text
+
+
+def test_missing_source_and_bad_destination(torchvision_alexnet_checkpoint, tmp_path):
+    assert "does not exist" in convert_error(tmp_path / "nope.pth", tmp_path)
+    src, _ = torchvision_alexnet_checkpoint
+    with pytest.raises(UsageError, match=r"\.safetensors"):
+        convert_checkpoint(SPEC, src, tmp_path / "out.npz")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="cannot write"):
+        convert_checkpoint(SPEC, src, blocker / "sub" / "out.safetensors")
+
+
+# --- the jaxsal-convert command ---------------------------------------------------------------
+
+
+def test_cli_convert_into_cache_then_found(converted, weights_env, capsys):
+    """`jaxsal-convert --src FILE` (no --dst) stores where load_weights looks by default."""
+    src, _, dst, _ = converted
+    assert run(["--src", str(src)]) == 0
+    out = capsys.readouterr().out
+    cached = weights_env.jaxsal_home / "alexnet.safetensors"
+    assert str(cached) in out and "automatically" in out
+    assert cached.read_bytes() == dst.read_bytes()
+    weights = load_weights(SPEC)
+    assert weights.source == str(cached) and weights.has_fc
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["--src", "/no/such/alexnet.pth"], "does not exist"),
+        (["--src", "X.pth", "--dst", "out.bin"], ".safetensors"),
+        (["--src", "X.pth", "--net", "NoNet"], "unknown network"),
+    ],
+)
+def test_cli_user_errors_exit_2(argv, expect, capsys, weights_env):
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxsal-convert: error: ") and expect in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["--src", "a", "--download"], ["--src", "a", "--url", "http://x"]])
+def test_cli_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(argv)
+    assert info.value.code == 2
+
+
+def test_console_script_help():
+    exe = [sys.executable, "-c", "import sys; from jaxsal.weights.convert import run; sys.exit(run())"]
+    proc = subprocess.run([*exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--download" in proc.stdout and "--src" in proc.stdout
