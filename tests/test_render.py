@@ -394,3 +394,20 @@ def test_can_show_needs_an_interactive_backend(monkeypatch):
     assert render.can_show() is False
     monkeypatch.setattr(plt, "get_backend", lambda: "TkAgg")
     assert render.can_show() is True
+
+
+def test_reused_figures_draw_exactly_what_new_figures_draw(tmp_path):
+    """render_figure redraws one cached figure per grid shape; the bytes must not change."""
+    render._REUSABLE_FIGURES.clear()
+    jobs = [_job(tmp_path, 6, (294, 23), "RGB", seed=1),
+            _job(tmp_path, 6, (294, 23), "gray", seed=2),          # same grid, other images
+            _job(tmp_path, 1, (5,), "RGB", seed=3),                 # another grid shape
+            _job(tmp_path, 6, (1, 2), "gray", seed=4, cmap="gray", vmin=10, vmax=200),
+            _job(tmp_path, 6, (294, 23), "RGB", seed=5)]
+    for i, job in enumerate(jobs):
+        job = dataclasses.replace(job, out_path=str(tmp_path / f"reused{i}.jpg"))
+        render_figure(job)
+        fresh = io.BytesIO()
+        build_figure(job).savefig(fresh, format="jpeg", pil_kwargs={"quality": 95})
+        assert (tmp_path / f"reused{i}.jpg").read_bytes() == fresh.getvalue(), f"figure {i}"
+    assert set(render._REUSABLE_FIGURES) == {(3, 6), (2, 1)}
