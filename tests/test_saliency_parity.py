@@ -17,14 +17,21 @@ import jaxsal  # noqa: E402
 from jaxsal.models.alexnet import LAYER_NAMES  # noqa: E402
 from jaxsal.saliency import saliency_maps  # noqa: E402
 from jaxsal.stimuli import to_network_input  # noqa: E402
-from torch_reference import torch_saliency  # noqa: E402
+from torch_reference import TorchAlexNet, torch_saliency  # noqa: E402
 
 METHODS = ("vanilla", "guided")
 
 
-def channels_for(net, layer):
-    width = net.spec.layer(layer).width
-    return [1, 7, width]  # first, an inner one, and the last
+def channels_for(net, layer, torch_sd, x_nhwc):
+    """First, last, and the most active channel for these images (so that at least one map is
+    non-zero even where random weights leave units dead, e.g. after fc1's ReLU)."""
+    reference = TorchAlexNet()
+    reference.load_state_dict(torch_sd)
+    with torch.no_grad():
+        out = reference.forward_to(torch.as_tensor(x_nhwc.transpose(0, 3, 1, 2)).float(), layer)
+    score = out.mean(dim=(2, 3)) if out.ndim == 4 else out
+    most_active = int(score.mean(dim=0).argmax()) + 1
+    return [1, most_active, net.spec.layer(layer).width]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +75,8 @@ def relative_errors(ours, ref):
 @pytest.mark.parametrize("layer", LAYER_NAMES)
 def test_float64_parity(converted, photos, layer, method):
     net, torch_sd = converted
-    channels = channels_for(net, layer)
     x = np.stack([to_network_input(jaxsal.stimuli.as_pil(p)) for p in photos[:3]]).astype(np.float64)
+    channels = channels_for(net, layer, torch_sd, x)
     with jax.enable_x64(True):
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), net.params)
         fn = jax.jit(functools.partial(saliency_maps, net.spec, layer, method, "highest"))
@@ -87,11 +94,12 @@ def test_float64_parity(converted, photos, layer, method):
 @pytest.mark.parametrize("layer", LAYER_NAMES)
 def test_float32_parity_through_api(converted, photos, layer, method):
     net, torch_sd = converted
-    channels = channels_for(net, layer)
+    x = np.stack([to_network_input(jaxsal.stimuli.as_pil(p)) for p in photos])
+    channels = channels_for(net, layer, torch_sd, x)
     # Batch size 3 for 4 images: the last batch is padded, and must not change the maps.
     ours = jaxsal.saliency(net, photos, layer, channels, method=method, batch_size=3)
     assert ours.dtype == np.float32 and ours.shape == (3, 4, 3, 224, 224)
-    x = np.stack([to_network_input(jaxsal.stimuli.as_pil(p)) for p in photos])
+    assert np.abs(ours).max() > 0
     ref = torch_saliency(torch_sd, x.transpose(0, 3, 1, 2), layer, channels, method == "guided", torch.float32)
     err = relative_errors(ours, ref)
     assert np.median(err) < 1e-5, f"float32 {layer}/{method}: median relative error {np.median(err):.3g}"
