@@ -12,6 +12,11 @@ __version__ = "0.1.0"
 __all__ = ["load_net", "saliency", "UsageError"]
 
 from jaxsal.errors import UsageError
+from jaxsal.runtime import configure_xla_flags as _configure_xla_flags
+
+# Before anything imports JAX: XLA reads XLA_FLAGS once, at the first computation. Appends only
+# flags verified on the installed jaxlib and never overrides the user's (jaxsal/runtime.py).
+_configure_xla_flags()
 
 
 def __getattr__(name):

@@ -1,0 +1,726 @@
+#!/usr/bin/env python
+"""Benchmark: saliency maps per second, PyTorch vs jaxsal, in one process on the same weights and
+images (BENCHMARKS.md has the results and how to read them).
+
+Three implementations of the same maps (CPU, float32):
+  (a) orig   PyTorch the original program's way: per image and channel, a batch-1 forward run to
+             the end of the network and one backward pass (scripts/torch_baselines.py).
+  (b) torch  PyTorch done well: one forward per batch stopped at the target layer, one
+             `torch.autograd.grad` per channel, no hooks.
+  (c) jax    jaxsal's jitted core (`jaxsal.saliency.compiled_saliency`).
+
+Steady state is the median of --repeats timed calls after a warm-up call; the three are timed
+round-robin (one call of each per round) so that load from other processes hits them alike.
+Compile time is jaxsal's first call minus its steady-state call. (a) is timed on at most
+--orig-images images per case (it is per image anyway) and extrapolated; the table says so.
+
+    python scripts/bench.py                 # the full matrix: fc3, conv5 x guided, vanilla x 6, 64, 256
+    python scripts/bench.py --quick         # one small case per layer, a minute or two
+    python scripts/bench.py --ablate        # the "what we tried" variants of jaxsal's core
+    python scripts/bench.py --cli           # the end-to-end dnn_saliency command, cold and warm
+
+Prints tables, then one line `BENCH_JSON {...}` with every number (machine-readable).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+# jaxsal before jax: importing jaxsal sets its verified XLA flags (jaxsal/runtime.py) before JAX
+# reads XLA_FLAGS, exactly as the dnn_saliency command does.
+ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # as given to this script
+import jaxsal  # noqa: E402
+import jaxsal.runtime  # noqa: E402
+
+ADDED_FLAGS = os.environ.get("XLA_FLAGS", "")[len(ORIGINAL_XLA_FLAGS):].split()
+
+import numpy as np  # noqa: E402
+
+JSON_PREFIX = "BENCH_JSON "
+LAYERS = ("fc3", "conv5")
+METHODS = ("guided", "vanilla")
+BATCHES = (6, 64, 256)
+CHANNELS = (1, 7)  # 1-based; any two channels cost the same
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine, versions, arithmetic
+
+
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        pass
+    simd = [f for f in ("avx512f", "avx2", "fma", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable, "simd": simd,
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "os": platform.platform()}
+
+
+def versions() -> dict:
+    import flax
+    import jax
+    import jaxlib
+    import torch
+
+    return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__, "numpy": np.__version__, "torch": torch.__version__,
+            "jaxsal": jaxsal.__version__, "torch_threads": torch.get_num_threads(),
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+
+
+def layer_macs(spec) -> list[tuple[str, int]]:
+    """(layer, multiply-accumulates per image) of every conv and fc layer, in network order,
+    from the network's own layer table (output shape x kernel size x input channels)."""
+    from jaxsal.models.alexnet import CONVS, FCS
+
+    out = []
+    for name, cin, cout, k, _, _ in CONVS:
+        c, h, w = spec.layer(name).shape
+        out.append((name, c * h * w * k * k * cin))
+    for name, fin, fout in FCS:
+        out.append((name, fin * fout))
+    return out
+
+
+def flops_per_map(spec, layer: str, n_channels: int) -> dict:
+    """FLOPs (2 x MACs) of one forward to `layer` plus one input-gradient VJP per channel, per
+    map. A layer's input gradient costs as many MACs as its forward (conv1's included: the map
+    is the gradient with respect to the image; no weight gradients are needed).
+
+    `standard` counts every layer up to and including the target, as PyTorch runs it.
+    `executed` is what jaxsal's core computes for an affine target (raw conv/fc output): the
+    target layer itself is replaced by a once-per-channel batch-1 VJP (jaxsal/saliency.py).
+    """
+    names = [n for n in spec.layer_names]
+    macs = layer_macs(spec)
+    upto = names.index(layer)
+    fwd = sum(m for name, m in macs if names.index(name) <= upto)
+    target_layer = sum(m for name, m in macs if name == layer) if spec.layer(layer).affine else 0
+    std = 2 * fwd * (1 + n_channels) / n_channels
+    ex = 2 * (fwd - target_layer) * (1 + n_channels) / n_channels
+    return {"forward_gflop_per_image": 2 * fwd / 1e9, "standard_gflop_per_map": std / 1e9,
+            "executed_gflop_per_map": ex / 1e9, "per_layer_mmac": {n: m / 1e6 for n, m in macs}}
+
+
+def measure_peak(size: int = 2048, repeats: int = 7) -> dict:
+    """Best-of GFLOP/s of a float32 size^3 matmul: jax (XLA's dot) and torch (its BLAS)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), np.float32)
+    b = rng.standard_normal((size, size), np.float32)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest"))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    times = round_robin({"jax": lambda: f(ja, jb).block_until_ready(), "torch": lambda: ta @ tb},
+                        repeats, warmup=True)
+    flop = 2 * size**3
+    return {k: {"best_gflops": flop / min(v) / 1e9, "median_gflops": flop / statistics.median(v) / 1e9}
+            for k, v in times.items()} | {"size": size}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing helpers
+
+
+def round_robin(fns: dict, rounds: int, warmup: bool = False) -> dict[str, list[float]]:
+    """Seconds of each call, calling each function once per round in turn."""
+    if warmup:
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def relative_errors(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per-map relative L2 errors (maps = channel x image)."""
+    k, n = ref.shape[:2]
+    diff = np.linalg.norm((ours - ref).reshape(k * n, -1), axis=1)
+    norm = np.linalg.norm(ref.reshape(k * n, -1), axis=1)
+    return np.where(norm > 0, diff / np.where(norm > 0, norm, 1), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared inputs
+
+
+@dataclasses.dataclass
+class Setup:
+    spec: object
+    torch_state: dict
+    params: dict  # jaxsal nested params (jax arrays)
+    images: np.ndarray  # (Nmax, 224, 224, 3) normalized float32
+
+
+def make_setup(n_images: int, seed: int = 0) -> Setup:
+    import jax
+    import jax.numpy as jnp
+
+    import torch_baselines
+    from jaxsal.models import get_net_spec
+    from jaxsal.models.alexnet import from_torchvision
+    from jaxsal.saliency import nest_params
+
+    spec = get_net_spec("AlexNet")
+    state = torch_baselines.random_state_dict(seed)
+    flat = from_torchvision({k: v.numpy() for k, v in state.items()})
+    params = jax.tree_util.tree_map(jnp.asarray, nest_params(flat))
+    return Setup(spec, state, params, photo_like_images(n_images, seed + 1))
+
+
+def photo_like_images(n: int, seed: int) -> np.ndarray:
+    """Normalized NHWC float32 images: smooth blobs plus pixel noise, roughly what ImageNet
+    normalization makes of photographs (values mostly in -2..2)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 224, 224, 3), np.float32)
+    for i in range(n):
+        coarse = rng.normal(0, 1, (16, 16, 3)).astype(np.float32)
+        out[i] = np.kron(coarse, np.ones((14, 14, 1), np.float32))
+        out[i] += rng.normal(0, 0.25, (224, 224, 3)).astype(np.float32)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The main matrix
+
+
+def jax_caller(fn, params, images, channels0):
+    import jax.numpy as jnp
+
+    x = jnp.asarray(images)
+    ch = jnp.asarray(channels0)
+    return lambda: fn(params, x, ch).block_until_ready()
+
+
+def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, orig_images: int,
+               precision: str = "highest") -> dict:
+    import torch
+
+    import torch_baselines
+    from jaxsal.saliency import compiled_saliency
+
+    channels = list(CHANNELS)
+    k = len(channels)
+    images = setup.images[:batch]
+    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    net = torch_baselines.build(setup.torch_state, method)
+    fn = compiled_saliency(setup.spec, layer, method, precision)
+    call = jax_caller(fn, setup.params, images, np.asarray(channels, np.int32) - 1)
+    n_orig = min(batch, orig_images)
+
+    t = time.perf_counter()
+    call()  # compiles
+    first = time.perf_counter() - t
+    ours = np.asarray(fn(setup.params, images, np.asarray(channels, np.int32) - 1))
+    ref = torch_baselines.done_well(net, nchw, layer, channels)  # warm-up of (b), and parity
+    torch_baselines.original_way(net, nchw[:1], layer, channels[:1])  # warm-up of (a)
+    errors = relative_errors(ours, ref)
+
+    fns = {
+        "jax": call,
+        "torch": lambda: torch_baselines.done_well(net, nchw, layer, channels),
+        "orig": lambda: torch_baselines.original_way(net, nchw[:n_orig], layer, channels),
+    }
+    times = round_robin(fns, repeats)
+    steady = {key: statistics.median(v) for key, v in times.items()}
+    maps = {"jax": batch * k, "torch": batch * k, "orig": n_orig * k}
+    rate = {key: maps[key] / steady[key] for key in fns}
+    fl = flops_per_map(setup.spec, layer, k)
+    return {
+        "layer": layer, "method": method, "batch": batch, "channels": k, "precision": precision,
+        "maps_per_s": rate,
+        "seconds_per_call": steady,
+        "best_maps_per_s": {key: maps[key] / min(times[key]) for key in fns},
+        "jax_first_call_s": first, "jax_compile_s": max(first - steady["jax"], 0.0),
+        "ratio_jax_vs_torch": rate["jax"] / rate["torch"],
+        "ratio_jax_vs_orig": rate["jax"] / rate["orig"],
+        "ratio_torch_vs_orig": rate["torch"] / rate["orig"],
+        "orig_measured_images": n_orig, "orig_extrapolated": n_orig < batch,
+        "repeats": repeats,
+        "parity_vs_torch": {"median_rel_err": float(np.median(errors)), "max_rel_err": float(errors.max())},
+        "gflop_per_map": {"standard": fl["standard_gflop_per_map"], "executed": fl["executed_gflop_per_map"]},
+        "achieved_gflops": {key: rate[key] * fl["standard_gflop_per_map"] for key in fns},
+    }
+
+
+def print_cases(cases: list[dict], peak: dict | None) -> None:
+    peak_gflops = peak["jax"]["best_gflops"] if peak else None
+    print()
+    print("Saliency maps per second (maps = images x channels), steady state, median of the timed calls")
+    head = (f"{'layer':6} {'method':8} {'N':>4} | {'(a) orig':>10} {'(b) torch':>10} {'(c) jax':>9} | "
+            f"{'c/b':>5} {'c/a':>6} | {'compile s':>9} | {'GFLOP/s c':>9} {'% peak':>6} | parity")
+    print(head)
+    print("-" * len(head))
+    for c in cases:
+        r = c["maps_per_s"]
+        orig = f"{r['orig']:.2f}" + ("*" if c["orig_extrapolated"] else " ")
+        pct = f"{100 * c['achieved_gflops']['jax'] / peak_gflops:5.0f}%" if peak_gflops else "   n/a"
+        print(f"{c['layer']:6} {c['method']:8} {c['batch']:>4} | {orig:>10} {r['torch']:>10.2f} {r['jax']:>9.2f} | "
+              f"{c['ratio_jax_vs_torch']:>5.2f} {c['ratio_jax_vs_orig']:>6.1f} | {c['jax_compile_s']:>9.1f} | "
+              f"{c['achieved_gflops']['jax']:>9.0f} {pct:>6} | {c['parity_vs_torch']['median_rel_err']:.1e}")
+    if any(c["orig_extrapolated"] for c in cases):
+        n = min(c["orig_measured_images"] for c in cases if c["orig_extrapolated"])
+        print(f"* (a) timed on the first {n} images of the batch and extrapolated: the original's "
+              "way is one batch-1 pass per image and channel, so its rate does not depend on N.")
+    if peak_gflops:
+        print(f"GFLOP/s count one forward + one VJP per channel (standard count); peak = best "
+              f"{peak['size']}^3 float32 matmul in jax on this machine: {peak_gflops:.0f} GFLOP/s.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision variants
+
+
+def bench_precisions(setup: Setup, layer: str, method: str, batch: int, repeats: int) -> list[dict]:
+    from jaxsal.saliency import PRECISIONS, compiled_saliency
+
+    ch0 = np.asarray(CHANNELS, np.int32) - 1
+    images = setup.images[:batch]
+    fns, outs, first = {}, {}, {}
+    for p in PRECISIONS:
+        fn = compiled_saliency(setup.spec, layer, method, p)
+        call = jax_caller(fn, setup.params, images, ch0)
+        t = time.perf_counter()
+        call()
+        first[p] = time.perf_counter() - t
+        outs[p] = np.asarray(fn(setup.params, images, ch0))
+        fns[p] = call
+    times = round_robin(fns, repeats)
+    rows = []
+    for p in PRECISIONS:
+        err = relative_errors(outs[p], outs["highest"])
+        steady = statistics.median(times[p])
+        rows.append({"layer": layer, "method": method, "batch": batch, "precision": p,
+                     "maps_per_s": batch * len(CHANNELS) / steady,
+                     "speed_vs_highest": statistics.median(times["highest"]) / steady,
+                     "compile_s": max(first[p] - steady, 0.0),
+                     "median_rel_err_vs_highest": float(np.median(err)),
+                     "max_rel_err_vs_highest": float(err.max())})
+    return rows
+
+
+def print_precisions(rows: list[dict]) -> None:
+    print()
+    print("Precision: speed and relative L2 error of each map against 'highest' (median / max over maps)")
+    head = f"{'layer':6} {'method':8} {'N':>4} {'precision':10} | {'maps/s':>7} {'speed':>6} | {'median err':>10} {'max err':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['layer']:6} {r['method']:8} {r['batch']:>4} {r['precision']:10} | {r['maps_per_s']:>7.2f} "
+              f"{r['speed_vs_highest']:>5.2f}x | {r['median_rel_err_vs_highest']:>10.1e} {r['max_rel_err_vs_highest']:>9.1e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation: the leads of BENCHMARKS.md's "what we tried", measured in one process
+
+
+YNN_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+EIGEN_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def _xla_max_pool(x):
+    """The textbook pool: XLA's reduce-window, whose gradient is select-and-scatter."""
+    import flax.linen as nn
+
+    return nn.max_pool(x, (3, 3), (2, 2), "VALID")
+
+
+def _direct_strided_conv(x, kernel, stride, padding, precision=None):
+    from jax import lax
+
+    return lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+@contextlib.contextmanager
+def _direct_conv1():
+    """Trace conv1 as XLA's strided convolution instead of space-to-depth (ablation only)."""
+    from jaxsal.models import alexnet
+
+    saved = alexnet.conv_space_to_depth
+    alexnet.conv_space_to_depth = _direct_strided_conv
+    try:
+        yield
+    finally:
+        alexnet.conv_space_to_depth = saved
+
+
+def _variant_spec(spec, *, pool=None, affine=True):
+    from jaxsal.models.alexnet import AlexNet
+
+    layers = spec.layers if affine else tuple(dataclasses.replace(l, affine=False) for l in spec.layers)
+    build = spec.build if pool is None else (lambda **kw: AlexNet(pool=pool, **kw))
+    return dataclasses.replace(spec, layers=layers, build=build)
+
+
+def bench_ablation(setup: Setup, layer: str, method: str, batch: int, repeats: int) -> list[dict]:
+    """jaxsal's core with each lead switched off (or on) in turn, round-robin with (b)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import torch_baselines
+    from jaxsal.saliency import saliency_maps
+
+    eigen_on = jaxsal.runtime.EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "")
+    # (name, spec options, compiler options, conv1 direct?)
+    variants = [("shipped", {}, None, False)]
+    if eigen_on:
+        variants.append(("- eigen convolutions (YNN convs, jaxlib default)", {}, YNN_CONV_OPTIONS, False))
+    else:
+        variants.append(("+ eigen convolutions (compile option)", {}, EIGEN_CONV_OPTIONS, False))
+    variants += [
+        ("- affine-target shortcut", {"affine": False}, None, False),
+        ("- custom max-pool VJP (XLA select-and-scatter)", {"pool": _xla_max_pool}, None, False),
+        ("- conv1 space-to-depth (XLA strided conv)", {}, None, True),
+        ("plain port (all four off)", {"affine": False, "pool": _xla_max_pool},
+         YNN_CONV_OPTIONS if eigen_on else None, True),
+        ("precision=default (fp32 on CPU)", {"precision": "default"}, None, False),
+        ("single-threaded Eigen (xla_cpu_multi_thread_eigen=false)", {},
+         {"xla_cpu_multi_thread_eigen": False}, False),
+    ]
+    ch0 = jnp.asarray(np.asarray(CHANNELS, np.int32) - 1)
+    x = jnp.asarray(setup.images[:batch])
+    fns, outs = {}, {}
+    for name, opts, compiler_options, direct in variants:
+        opts = dict(opts)
+        precision = opts.pop("precision", "highest")
+        spec = _variant_spec(setup.spec, **opts)
+        jitted = jax.jit(functools.partial(saliency_maps, spec, layer, method, precision))
+        try:
+            with _direct_conv1() if direct else contextlib.nullcontext():
+                compiled = jitted.lower(setup.params, x, ch0).compile(compiler_options=compiler_options)
+        except Exception as e:  # an option this jaxlib does not know
+            print(f"  ablation {name!r}: not available here ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        outs[name] = np.asarray(compiled(setup.params, x, ch0))
+        fns[name] = (lambda c: lambda: c(setup.params, x, ch0).block_until_ready())(compiled)
+    net = torch_baselines.build(setup.torch_state, method)
+    nchw = torch.from_numpy(np.ascontiguousarray(setup.images[:batch].transpose(0, 3, 1, 2)))
+    fns["(b) torch done well"] = lambda: torch_baselines.done_well(net, nchw, layer, list(CHANNELS))
+    times = round_robin(fns, repeats, warmup=True)
+    base = statistics.median(times["(b) torch done well"])
+    ref = outs["shipped"]
+    rows = []
+    for name, ts in times.items():
+        steady = statistics.median(ts)
+        err = relative_errors(outs[name], ref) if name in outs else np.zeros(1)
+        rows.append({"layer": layer, "method": method, "batch": batch, "variant": name,
+                     "maps_per_s": batch * len(CHANNELS) / steady, "ratio_vs_torch": base / steady,
+                     "speed_vs_shipped": statistics.median(times["shipped"]) / steady,
+                     "median_rel_diff_vs_shipped": float(np.median(err)),
+                     "max_rel_diff_vs_shipped": float(err.max())})
+    return rows
+
+
+def print_ablation(rows: list[dict]) -> None:
+    print()
+    print("Ablation (one process, round-robin): each lead switched off from the shipped core")
+    head = (f"{'case':20} {'variant':58} | {'maps/s':>7} {'vs (b)':>6} {'vs shipped':>10} | "
+            f"rel diff vs shipped (median, max)")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        case = f"{r['layer']} {r['method']} N={r['batch']}"
+        print(f"{case:20} {r['variant']:58} | {r['maps_per_s']:>7.2f} {r['ratio_vs_torch']:>5.2f}x "
+              f"{r['speed_vs_shipped']:>9.2f}x | {r['median_rel_diff_vs_shipped']:.1e}, "
+              f"{r['max_rel_diff_vs_shipped']:.1e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command, end to end
+
+
+def make_stimuli(folder: pathlib.Path, n: int) -> pathlib.Path:
+    """`n` stimuli made from the bundled examples/ images (resized copies, so every file is
+    decoded and resized anew) and a .stim.csv listing them."""
+    from PIL import Image
+
+    sources = sorted((REPO / "examples").glob("*.jpg"))
+    if not sources:
+        raise SystemExit("examples/*.jpg not found")
+    rows = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            scale = 0.6 + 0.4 * ((i // len(sources)) % 5) / 4
+            im = im.resize((max(32, int(im.width * scale)), max(32, int(im.height * scale))))
+            name = f"stim{i:04d}_{src.stem}.jpg"
+            im.save(folder / name, quality=90)
+        rows.append(f"{name},{i % 1000 + 1}")
+    csv = folder / "bench.stim.csv"
+    csv.write_text("type=image\npath=.\ntitle=jaxsal bench stimuli\ndata=stimID,label\n" + "\n".join(rows) + "\n")
+    return csv
+
+
+def _run_timed(cmd: list[str], env: dict, cwd: pathlib.Path) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    return time.perf_counter() - t, proc
+
+
+def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weights: str | None,
+              batch_size: int | None) -> dict:
+    """dnn_saliency on `n_images` stimuli x 2 channels with figures, cold then warm, in a fresh
+    JAXSAL_HOME (so the persistent compilation cache starts empty); plus start-up times and the
+    pure-compute time of the same maps in this process."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="jaxsal-bench-cli-"))
+    try:
+        stim_dir = work / "stim"
+        stim_dir.mkdir()
+        csv = make_stimuli(stim_dir, n_images)
+        env = dict(os.environ)
+        env["JAXSAL_HOME"] = str(work / "home")
+        env["TORCH_HOME"] = str(work / "torch_home")  # no stray torch hub weights
+        env.pop("JAXSAL_WEIGHTS", None)
+        # The command sets its own XLA flags at import; give it the user's, not this process's.
+        if ORIGINAL_XLA_FLAGS:
+            env["XLA_FLAGS"] = ORIGINAL_XLA_FLAGS
+        else:
+            env.pop("XLA_FLAGS", None)
+        py = sys.executable
+        result: dict = {"images": n_images, "channels": len(CHANNELS), "layer": layer, "method": method}
+
+        # Start-up: interpreter + imports, and the whole `-help` path.
+        t_import, p = _run_timed([py, "-c", "import jaxsal.cli"], env, work)
+        result["import_cli_s"] = t_import if p.returncode == 0 else None
+        t_python, _ = _run_timed([py, "-c", "pass"], env, work)
+        result["python_startup_s"] = t_python
+        t_help, p = _run_timed([py, "-m", "jaxsal.cli", "-help"], env, work)
+        result["help_s"] = t_help if p.returncode == 0 else None
+        t_jax, _ = _run_timed([py, "-c", "import jax, jax.numpy"], env, work)
+        result["import_jax_s"] = t_jax
+        load = ("import time, jaxsal; t = time.perf_counter(); net = jaxsal.load_net('AlexNet'"
+                + (f", weights={weights!r}" if weights else "") + "); "
+                "import jax; jax.block_until_ready(net.params); print(time.perf_counter() - t)")
+        t_load, p = _run_timed([py, "-c", load], env, work)
+        result["load_net_process_s"] = t_load if p.returncode == 0 else None
+        result["load_net_s"] = float(p.stdout.split()[-1]) if p.returncode == 0 else None
+
+        cmd = [py, "-m", "jaxsal.cli", "-net", "AlexNet", "-layer", layer,
+               "-chn", *[str(c) for c in CHANNELS], "-stim", str(csv), "-meth", method,
+               "-out", str(work / "out"), "-profile"]
+        if weights:
+            cmd += ["-weights", weights]
+        if batch_size:
+            cmd += ["-batch_size", str(batch_size)]
+        runs = []
+        for label in ("first (cold compilation cache)", "second (warm cache)"):
+            shutil.rmtree(work / "out", ignore_errors=True)
+            wall, p = _run_timed(cmd, env, work)
+            finished = len(re.findall(r"^Finish: ", p.stdout, re.M))
+            profile = [line for line in p.stderr.splitlines() if "profile" in line.lower()]
+            runs.append({"run": label, "wall_s": wall, "returncode": p.returncode,
+                         "finish_lines": finished, "profile": profile,
+                         "stderr_tail": p.stderr[-2000:] if p.returncode else ""})
+        result["runs"] = runs
+        cache = work / "home" / "xla"
+        result["compilation_cache_entries"] = len(list(cache.iterdir())) if cache.is_dir() else 0
+
+        # Pure compute of the same maps (same batch size as the command's default), in-process.
+        if setup is not None:
+            from jaxsal.saliency import compiled_saliency, default_batch_size
+
+            bs = batch_size or default_batch_size()
+            fn = compiled_saliency(setup.spec, layer, method, "highest")
+            imgs = setup.images[:bs] if len(setup.images) >= bs else photo_like_images(bs, 7)
+            call = jax_caller(fn, setup.params, imgs, np.asarray(CHANNELS, np.int32) - 1)
+            call()
+            steady = statistics.median(round_robin({"c": call}, 3)["c"])
+            n_batches = -(-n_images // bs)
+            result["pure_compute_s"] = steady * n_batches
+            result["pure_compute_batch_size"] = bs
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_cli(r: dict) -> None:
+    print()
+    print(f"End-to-end dnn_saliency: {r['images']} stimuli x {r['channels']} channels, {r['layer']} "
+          f"{r['method']}, figures to -out")
+    for run in r["runs"]:
+        status = "ok" if run["returncode"] == 0 else f"FAILED rc={run['returncode']}"
+        print(f"  {run['run']:32} {run['wall_s']:7.1f} s  ({run['finish_lines']} Finish lines, {status})")
+        for line in run["profile"]:
+            print(f"      {line}")
+        if run["returncode"]:
+            print("      " + run["stderr_tail"].replace("\n", "\n      "))
+    if "pure_compute_s" in r:
+        print(f"  pure compute of the same maps (jitted core, batch {r['pure_compute_batch_size']}, "
+              f"steady state):    {r['pure_compute_s']:7.1f} s")
+    print(f"  persistent compilation cache entries after the runs: {r['compilation_cache_entries']}")
+    print(f"  start-up: python {r['python_startup_s']:.2f} s, `import jaxsal.cli` "
+          f"{_fmt(r['import_cli_s'])}, `dnn_saliency -help` {_fmt(r['help_s'])}, "
+          f"`import jax` {r['import_jax_s']:.2f} s (for comparison)")
+    print(f"  weights: `jaxsal.load_net('AlexNet')` {_fmt(r['load_net_s'])} (JAX import included), "
+          f"whole process {_fmt(r['load_net_process_s'])}")
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.2f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--layers", default=",".join(LAYERS), help="comma-separated target layers")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per case (after a warm-up)")
+    ap.add_argument("--repeats-large", type=int, default=3, help="timed calls for batches above 64")
+    ap.add_argument("--orig-images", type=int, default=12,
+                    help="time the original's way on at most this many images per case, extrapolate")
+    ap.add_argument("--precision-cases", default="fc3:guided:64,conv5:guided:64",
+                    help="layer:method:batch cases for the precision table ('' to skip)")
+    ap.add_argument("--ablate", nargs="?", const="fc3:guided:64,conv5:guided:64", default=None,
+                    help="run the ablation table on layer:method:batch cases instead of the matrix")
+    ap.add_argument("--cli", action="store_true", help="also time the dnn_saliency command end to end")
+    ap.add_argument("--cli-only", action="store_true", help="only the command end to end")
+    ap.add_argument("--cli-images", type=int, default=120)
+    ap.add_argument("--cli-layer", default="conv5", help="conv5 runs on the bundled weights")
+    ap.add_argument("--cli-method", default="guided")
+    ap.add_argument("--cli-weights", default=None, help="-weights for the command (needed for fc layers)")
+    ap.add_argument("--cli-batch-size", type=int, default=None)
+    ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    ap.add_argument("--quick", action="store_true",
+                    help="fc3 and conv5 guided at N=6, 2 repeats, small precision table: a minute or two")
+    ap.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.methods, args.batches, args.repeats, args.orig_images = "guided", "6", 2, 3
+        args.precision_cases = "conv5:guided:6"
+    return args
+
+
+def _cases(spec: str) -> list[tuple[str, str, int]]:
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        layer, method, batch = item.split(":")
+        out.append((layer, method, int(batch)))
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    quiet = args.json_only
+    log = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
+    layers = [s for s in args.layers.split(",") if s]
+    methods = [s for s in args.methods.split(",") if s]
+    batches = [int(s) for s in args.batches.split(",") if s]
+    precision_cases = _cases(args.precision_cases)
+    ablate_cases = _cases(args.ablate) if args.ablate else []
+    n_max = max(batches + [b for _, _, b in precision_cases + ablate_cases] + [1])
+
+    report = {"machine": machine_info(), "versions": versions(),
+              "jaxsal_xla_flags_added": ADDED_FLAGS, "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}
+    import torch
+
+    torch.set_grad_enabled(True)
+    log(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores; " + ", ".join(
+        f"{k} {v}" for k, v in report["versions"].items()))
+    setup = make_setup(n_max) if not args.cli_only else make_setup(max(64, 1))
+    if not args.no_peak and not args.cli_only:
+        report["peak"] = measure_peak()
+        log(f"# matmul peak (2048^3 float32, best of 7): jax {report['peak']['jax']['best_gflops']:.0f} GFLOP/s, "
+            f"torch {report['peak']['torch']['best_gflops']:.0f} GFLOP/s")
+    fl = {layer: flops_per_map(setup.spec, layer, len(CHANNELS)) for layer in layers}
+    report["flops"] = fl
+    for layer, f in fl.items():
+        log(f"# {layer}: forward {f['forward_gflop_per_image']:.3f} GFLOP/image; forward + VJP per channel, "
+            f"{len(CHANNELS)} channels: {f['standard_gflop_per_map']:.3f} GFLOP/map "
+            f"(jaxsal executes {f['executed_gflop_per_map']:.3f})")
+
+    if ablate_cases:
+        rows = []
+        for layer, method, batch in ablate_cases:
+            log(f"# ablation {layer} {method} N={batch} ...")
+            rows += bench_ablation(setup, layer, method, batch, args.repeats)
+        report["ablation"] = rows
+        if not quiet:
+            print_ablation(rows)
+    elif not args.cli_only:
+        cases = []
+        for batch in batches:
+            for layer in layers:
+                for method in methods:
+                    repeats = args.repeats if batch <= 64 else args.repeats_large
+                    log(f"# {layer} {method} N={batch} ...")
+                    cases.append(bench_case(setup, layer, method, batch, repeats, args.orig_images))
+        report["cases"] = cases
+        if not quiet:
+            print_cases(cases, report.get("peak"))
+        prec = []
+        for layer, method, batch in precision_cases:
+            log(f"# precision {layer} {method} N={batch} ...")
+            prec += bench_precisions(setup, layer, method, batch, args.repeats)
+        report["precision"] = prec
+        if prec and not quiet:
+            print_precisions(prec)
+    if args.cli or args.cli_only:
+        log(f"# dnn_saliency end to end, {args.cli_images} stimuli ...")
+        report["cli"] = bench_cli(setup, args.cli_images, args.cli_layer, args.cli_method,
+                                  args.cli_weights, args.cli_batch_size)
+        if not quiet:
+            print_cli(report["cli"])
+    report["summary"] = summarize(report)
+    print(JSON_PREFIX + json.dumps(report, sort_keys=True, default=float), flush=True)
+    return report
+
+
+def summarize(report: dict) -> dict:
+    """The headline ratios: jaxsal vs (b) and (a) per case."""
+    out = {}
+    for c in report.get("cases", []):
+        key = f"{c['layer']}/{c['method']}/N={c['batch']}"
+        out[key] = {"jax_vs_torch": round(c["ratio_jax_vs_torch"], 3),
+                    "jax_vs_orig": round(c["ratio_jax_vs_orig"], 2),
+                    "jax_maps_per_s": round(c["maps_per_s"]["jax"], 2)}
+    return out
+
+
+if __name__ == "__main__":
+    main()

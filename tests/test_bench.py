@@ -1,0 +1,60 @@
+"""scripts/bench.py: its FLOP count, and a tiny end-to-end run whose JSON line parses (no timing
+assertions)."""
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("jaxsal_bench_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_count():
+    bench = load_bench()
+    from jaxsal.models import get_net_spec
+
+    spec = get_net_spec("AlexNet")
+    macs = dict(bench.layer_macs(spec))
+    assert macs["conv1"] == 64 * 55 * 55 * 11 * 11 * 3
+    assert macs["conv2"] == 192 * 27 * 27 * 5 * 5 * 64
+    assert macs["fc1"] == 9216 * 4096
+    fc3 = bench.flops_per_map(spec, "fc3", 2)
+    assert fc3["forward_gflop_per_image"] == pytest.approx(1.428, abs=1e-3)
+    # one forward shared by 2 channels + one VJP per channel: 1.5 forwards per map
+    assert fc3["standard_gflop_per_map"] == pytest.approx(1.5 * 1.428, abs=1e-3)
+    conv5 = bench.flops_per_map(spec, "conv5", 2)
+    assert conv5["forward_gflop_per_image"] == pytest.approx(1.311, abs=1e-3)
+    assert conv5["executed_gflop_per_map"] == pytest.approx(1.5 * (1.311 - 2 * macs["conv5"] / 1e9), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_tiny_run_prints_parsable_json():
+    pytest.importorskip("torch")
+    cmd = [sys.executable, str(SCRIPT), "--layers", "conv1", "--methods", "guided", "--batches", "1",
+           "--repeats", "1", "--orig-images", "1", "--precision-cases", "conv1:vanilla:1",
+           "--no-peak", "--json-only"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+    assert len(lines) == 1
+    report = json.loads(lines[0][len("BENCH_JSON "):])
+    for key in ("machine", "versions", "flops", "cases", "precision", "summary"):
+        assert key in report
+    assert {"cpu", "cores"} <= set(report["machine"])
+    (case,) = report["cases"]
+    assert set(case["maps_per_s"]) == {"orig", "torch", "jax"}
+    for key in ("ratio_jax_vs_torch", "ratio_jax_vs_orig", "jax_compile_s", "parity_vs_torch"):
+        assert key in case
+    assert case["parity_vs_torch"]["median_rel_err"] < 1e-4
+    assert [p["precision"] for p in report["precision"]] == ["highest", "default", "bfloat16"]
+    assert "conv1/guided/N=1" in report["summary"]
