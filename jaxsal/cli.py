@@ -21,6 +21,9 @@ from typing import Sequence
 from absl import flags
 
 from jaxsal.errors import UsageError
+from jaxsal.method_flags import FLAG_NAMES as METHOD_FLAGS
+from jaxsal.method_flags import METHOD_HELP, define_method_flags, method_from_flags
+from jaxsal.methods import resolve
 
 PROG = "dnn_saliency"
 MAX_CHANNELS = 5
@@ -31,6 +34,8 @@ usage: {PROG} [-h] -net Net -layer Layer -chn Channel [Channel ...]
                     [-vmin Vmin] [-vmax Vmax] [-show] [-out Output]
                     [-weights Weights] [-save_maps] [-batch_size N]
                     [-precision Precision] [-profile]
+                    [-smooth N] [-noise Noise] [-seed Seed] [-baseline Baseline]
+                    [-ig_steps M] [-ig_rule Rule] [-cam_layer Layer] [-overlay]
                     [-coordinator_address Host:Port -num_processes N -process_id I]
 
 Find the saliency parts of an image that contributes to the activation of the specified channel.
@@ -40,6 +45,8 @@ EXAMPLES = f"""\
 examples:
   {PROG} -net AlexNet -layer conv5 -chn 60 125 -stim examples/examples.stim.csv -out out
   {PROG} -net AlexNet -layer fc3 -chn 294 23 -stim examples.stim.csv -mode gray -cmap gray -out .
+  {PROG} -net AlexNet -layer conv5 -chn 60 -stim examples/examples.stim.csv -meth guided -smooth 16 -out out
+  {PROG} -net AlexNet -layer conv5 -chn 60 -stim examples/examples.stim.csv -meth gradcam -cmap jet -overlay -out out
 """
 
 
@@ -53,12 +60,12 @@ def define_flags() -> flags.FlagValues:
                       "--chn=294,23; one figure row each, in the order given", flag_values=fv)
     flags.DEFINE_string("stim", None, "a .stim.csv file which contains stimulus information",
                         flag_values=fv)
-    flags.DEFINE_string("meth", "guided", "the method used to generate the saliency image: "
-                        "guided or vanilla", flag_values=fv)
+    flags.DEFINE_string("meth", "guided", METHOD_HELP, flag_values=fv)
     flags.DEFINE_string("mode", "RGB", "RGB: visualize derivatives directly; gray: keep the "
                         "maximal magnitude of the RGB channels for each pixel and show it as a "
                         "gray (colour-mapped) image. -cmap, -vmin and -vmax are only valid in gray "
-                        "mode", flag_values=fv)
+                        "mode (and for -meth gradcam, whose maps are 2-D whatever the mode)",
+                        flag_values=fv)
     flags.DEFINE_string("cmap", "coolwarm", "colormap for gray-mode saliency images (any "
                         "matplotlib colormap)", flag_values=fv)
     flags.DEFINE_float("vmin", None, "minimal value of the colormap, in the 0..255 units of the "
@@ -88,6 +95,7 @@ def define_flags() -> flags.FlagValues:
                          "stimuli", flag_values=fv)
     flags.DEFINE_integer("process_id", 0, "multi-process runs: this process's number, "
                          "0..num_processes-1", flag_values=fv)
+    define_method_flags(fv)
     return fv
 
 
@@ -110,6 +118,8 @@ class Options:
     precision: str
     profile: bool
     cluster: "jaxsal.distributed.Cluster"  # noqa: F821
+    method: "jaxsal.methods.Method" = None  # noqa: F821 - -meth with its options (method_flags)
+    overlay: bool = False
 
 
 _INT = re.compile(r"^[+-]?\d+$")
@@ -144,7 +154,7 @@ def usage_text(fv: flags.FlagValues) -> str:
     lines = [SYNOPSIS, "arguments:"]
     for name in ("net", "layer", "chn", "stim", "meth", "mode", "cmap", "vmin", "vmax", "show",
                  "out", "weights", "save_maps", "batch_size", "precision", "profile",
-                 "coordinator_address", "num_processes", "process_id"):
+                 "coordinator_address", "num_processes", "process_id", *METHOD_FLAGS):
         flag = fv[name]
         req = " (required)" if name in ("net", "layer", "chn", "stim") else ""
         default = "" if flag.default is None or isinstance(flag.default, bool) else f" [default: {flag.default}]"
@@ -176,8 +186,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     if len(channels) > MAX_CHANNELS:
         raise UsageError(f"at most {MAX_CHANNELS} channels at once (got {len(channels)}): run "
                          f"the command again for the others")
-    if fv.meth not in ("guided", "vanilla"):
-        raise UsageError(f"-meth must be guided or vanilla, got {fv.meth!r}")
+    method = method_from_flags(fv)
     if fv.mode not in ("RGB", "gray"):
         raise UsageError(f"-mode must be RGB or gray, got {fv.mode!r}")
     if not fv.show and fv.out is None:
@@ -199,7 +208,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         mode=fv.mode, cmap=fv.cmap, vmin=fv.vmin, vmax=fv.vmax, show=fv.show,
         out=pathlib.Path(fv.out) if fv.out is not None else None, weights=fv.weights,
         save_maps=fv.save_maps, batch_size=fv.batch_size, precision=fv.precision,
-        profile=fv.profile, cluster=cluster,
+        profile=fv.profile, cluster=cluster, method=method, overlay=fv.overlay,
     )
 
 
@@ -237,6 +246,8 @@ def prepare(options: Options) -> Plan:
 
     spec = get_net_spec(options.net)
     spec.check_channels(options.layer, options.channels)
+    options = dataclasses.replace(options, method=resolve(options.method or options.meth, spec,
+                                                          options.layer))
     if options.mode == "gray":
         render.check_cmap(options.cmap)
     elif options.cmap != "coolwarm" or options.vmin is not None or options.vmax is not None:
@@ -331,6 +342,7 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
     """
     from jaxsal import distributed, render
     from jaxsal.maps_io import MapWriter, map_file_meta
+    from jaxsal.methods import map_shape
     from jaxsal.runner import iter_saliency
 
     o, net, stimuli = plan.options, plan.net, plan.stimuli
@@ -347,8 +359,8 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
     writer = final_maps = None
     if o.save_maps:
         final_maps = o.out / f"{o.net}_{o.layer}_maps.npz"
-        shape = (len(o.channels), len(mine), 3, spec.input_size, spec.input_size)
-        meta = map_file_meta(spec.name, o.layer, o.meth, o.channels, stimuli.ids, net.weights)
+        shape = map_shape(o.method, len(o.channels), len(mine), spec.input_size)
+        meta = map_file_meta(spec.name, o.layer, o.method, o.channels, stimuli.ids, net.weights)
         if cluster.is_multi:
             meta = {**meta, "indices": np_array_int64(mine)}
             writer = MapWriter(distributed.part_path(final_maps, cluster), shape, meta)
@@ -356,6 +368,7 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
             writer = MapWriter(final_maps, shape, meta)
 
     natives: dict[int, object] = {}
+    underlays: dict[int, object] = {}  # -overlay: the 224x224 picture the network saw
     decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     pool = render.render_pool() if o.out is not None and figures else None
     can_show = None
@@ -368,6 +381,8 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
                 futures[pos] = None
                 timings.decode += secs
                 natives[i] = native
+                if o.overlay:
+                    underlays[i] = render.network_image(x, spec.mean, spec.std)
                 if len(futures) < len(mine):
                     futures.append(decoder.submit(_decode, stimuli.paths[mine[len(futures)]], spec))
                 yield x
@@ -377,7 +392,7 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
         pending_figs: list = []  # (position, k, cols, FigureJob) awaiting Finish
         displays: dict[int, list] = {}
         done = 0  # stimuli of `mine` computed so far
-        stream = iter_saliency(net, inputs(), o.layer, o.channels, o.meth, n_images=len(mine),
+        stream = iter_saliency(net, inputs(), o.layer, o.channels, o.method, n_images=len(mine),
                                batch_size=o.batch_size, precision=o.precision) if mine else iter(())
         next_figure = 0
         while True:
@@ -392,7 +407,10 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
                 writer.write(done, maps)
             timings.write += time.perf_counter() - t
             t = time.perf_counter()
-            images, constant = render.to_display(maps, o.mode)
+            if o.method.name == "gradcam":  # 2-D maps, drawn with -cmap whatever -mode
+                images, constant = render.to_display_2d(maps)
+            else:
+                images, constant = render.to_display(maps, o.mode)
             timings.display += time.perf_counter() - t
             for j in range(b):
                 i = mine[done + j]
@@ -413,6 +431,7 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
                     rows=[(render.channel_label(ch), [displays[i][c] for i in cols])
                           for c, ch in enumerate(o.channels)],
                     cmap=o.cmap, vmin=o.vmin, vmax=o.vmax,
+                    underlays=[underlays.pop(i) for i in cols] if o.overlay else None,
                 )
                 for i in cols:
                     del displays[i]
@@ -429,8 +448,8 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
             if cluster.is_multi:
                 distributed.barrier("jaxsal_maps_parts_written")
                 if cluster.process_id == 0:
-                    shape = (len(o.channels), n, 3, spec.input_size, spec.input_size)
-                    meta = map_file_meta(spec.name, o.layer, o.meth, o.channels, stimuli.ids,
+                    shape = map_shape(o.method, len(o.channels), n, spec.input_size)
+                    meta = map_file_meta(spec.name, o.layer, o.method, o.channels, stimuli.ids,
                                          net.weights)
                     path = distributed.merge_parts(final_maps, cluster, shape, meta)
             timings.write += time.perf_counter() - t

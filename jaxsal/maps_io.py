@@ -18,9 +18,12 @@ import numpy as np
 class MapWriter:
     """Collects maps (n_channels, n_stimuli, 3, S, S) float32 and metadata into one .npz file.
 
-    Arrays in the file: `maps` (the signed gradient w.r.t. the normalized input, float32),
-    `channels` (1-based, int64), `stim_ids` (str), `layer`, `method`, `net` (0-d str), and
-    `weights` (0-d str: JSON with the weights file, its sha256 and provenance).
+    Arrays in the file: `maps` (float32: the signed attribution w.r.t. the normalized input;
+    (n_channels, n_stimuli, S, S), non-negative, for -meth gradcam), `channels` (1-based,
+    int64), `stim_ids` (str), `layer`, `method` (the -meth name), `method_options` (JSON: the
+    method's options, e.g. {"name": "ig", "ig_steps": 32, ...}), `maps_axes` (what the axes of
+    `maps` are, e.g. "channel, stimulus, rgb, y, x"), `net` (0-d str), and `weights` (0-d str:
+    JSON with the weights file, its sha256 and provenance).
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], meta: dict):
@@ -60,12 +63,18 @@ class MapWriter:
         self._scratch.unlink(missing_ok=True)
 
 
-def map_file_meta(net_name: str, layer: str, method: str, channels, stim_ids, weights) -> dict:
+def map_file_meta(net_name: str, layer: str, method, channels, stim_ids, weights) -> dict:
+    """`method`: a `jaxsal.methods.Method` (or a method name)."""
+    from jaxsal.methods import as_method
+
+    method = as_method(method)
     return {
         "channels": np.asarray(channels, np.int64),
         "stim_ids": np.asarray(list(stim_ids), dtype=str),
         "layer": np.asarray(layer),
-        "method": np.asarray(method),
+        "method": np.asarray(method.name),
+        "method_options": np.asarray(method.to_json()),
+        "maps_axes": np.asarray(method.map_axes),
         "net": np.asarray(net_name),
         "weights": np.asarray(json.dumps({
             "source": weights.source, "sha256": weights.sha256,

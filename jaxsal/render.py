@@ -44,6 +44,8 @@ __all__ = [
     "save_jpeg",
     "show_figure",
     "to_display",
+    "to_display_2d",
+    "network_image",
 ]
 
 MODES = ("RGB", "gray")
@@ -104,6 +106,37 @@ def to_display(grad: np.ndarray, mode: str) -> tuple[np.ndarray, bool | np.ndarr
         image = np.moveaxis(image, -3, -1)  # a view: copying here would only slow the hot path
     constant = constant.reshape(constant.shape[: constant.ndim - len(axes)])
     return image, (bool(constant) if constant.ndim == 0 else constant)
+
+
+def to_display_2d(maps: np.ndarray) -> tuple[np.ndarray, bool | np.ndarray]:
+    """2-D maps (Grad-CAM, ``(..., H, W)``) to the uint8 images that are drawn colour-mapped.
+
+    Per map, min-max to 0..255 and truncation, as :func:`to_display` -- but on the values
+    themselves, with no ``|.|`` and no colour axis: Grad-CAM maps are already non-negative
+    (ReLU'd), so the scale runs from the map's minimum (usually 0) to its maximum. Constant maps
+    become zeros and are flagged. Returns ``(image (..., H, W) uint8, is_constant)``.
+    """
+    a = np.asarray(maps)
+    a = a.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32, copy=True)
+    if a.ndim < 2:
+        raise ValueError(f"maps must be shaped (..., H, W), got {a.shape}")
+    lo = a.min(axis=(-2, -1), keepdims=True)
+    span = a.max(axis=(-2, -1), keepdims=True) - lo
+    constant = span == 0
+    a -= lo
+    np.divide(a, span, out=a, where=~constant)
+    a *= a.dtype.type(255)
+    constant = constant.reshape(constant.shape[:-2])
+    return a.astype(np.uint8), (bool(constant) if constant.ndim == 0 else constant)
+
+
+def network_image(x: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                  scale: float = 1.0) -> np.ndarray:
+    """The uint8 RGB (S, S, 3) picture the network saw (the resized stimulus) from its normalized
+    input (S, S, 3): the inverse of :func:`jaxsal.stimuli.to_network_input`, rounded (exact:
+    the float32 error is far below half a grey level). Used as the ``-overlay`` underlay."""
+    x = np.asarray(x, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(np.rint(x * np.float32(255 / scale)), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,6 +200,9 @@ class FigureJob:
       cmap, vmin, vmax: passed to every ``imshow``; matplotlib applies them to 2-D (gray) maps
         only. vmin/vmax are in the 0..255 units of the displayed map; None = each image's own
         range.
+      underlays: optional, one uint8 RGB image per stimulus (the network input, see
+        :func:`network_image`); each map is then drawn over its stimulus's underlay with
+        opacity ``alpha`` (``-overlay``).
     """
 
     out_path: str
@@ -175,6 +211,8 @@ class FigureJob:
     cmap: str = "coolwarm"
     vmin: float | None = None
     vmax: float | None = None
+    underlays: Sequence[np.ndarray] | None = None
+    alpha: float = 0.5
 
 
 def _stimulus_rgb(image: np.ndarray) -> np.ndarray:
@@ -211,7 +249,11 @@ def draw_figure(fig, job: FigureJob) -> None:
     for r, (label, images) in enumerate(grid):  # row-major, as the original draws
         for c, image in enumerate(images):
             ax = axes[r, c]
-            ax.imshow(image, cmap=job.cmap, vmin=job.vmin, vmax=job.vmax, aspect="equal")
+            overlay = r > 0 and job.underlays is not None
+            if overlay:
+                ax.imshow(_stimulus_rgb(job.underlays[c]), aspect="equal")
+            ax.imshow(image, cmap=job.cmap, vmin=job.vmin, vmax=job.vmax, aspect="equal",
+                      alpha=job.alpha if overlay else None)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label)

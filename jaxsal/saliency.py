@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsal.errors import UsageError
+from jaxsal.attribution import deconv_relu, method_maps
+from jaxsal.methods import METHOD_NAMES, Method, as_method, resolve
 from jaxsal.models import LayerInfo, NetSpec, get_net_spec
 
 # ---------------------------------------------------------------------------------------------
@@ -42,17 +44,17 @@ def _guided_bwd(x, g):
 
 guided_relu.defvjp(_guided_fwd, _guided_bwd)
 
-# Vanilla uses jax.nn.relu, whose derivative is 1[x > 0] (0 at 0), as torch's.
-ACTIVATIONS = {"vanilla": jax.nn.relu, "guided": guided_relu}
-METHODS = tuple(ACTIVATIONS)
+# Vanilla uses jax.nn.relu, whose derivative is 1[x > 0] (0 at 0), as torch's. These are the
+# ReLU backward rules of `saliency_maps`; every method (jaxsal.methods) builds on one of them.
+ACTIVATIONS = {"vanilla": jax.nn.relu, "guided": guided_relu, "deconv": deconv_relu}
+METHODS = METHOD_NAMES
 
 PRECISIONS = ("highest", "default", "bfloat16")
 
 
-def check_method(method: str) -> str:
-    if method not in ACTIVATIONS:
-        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return method
+def check_method(method) -> Method:
+    """A method name or `jaxsal.methods.Method` -> the Method (UsageError if invalid)."""
+    return as_method(method)
 
 
 def check_precision(precision: str) -> str:
@@ -82,7 +84,15 @@ def target_cotangents(layer: LayerInfo, channels0, batch: int, dtype):
 
 def saliency_maps(spec: NetSpec, layer: str, method: str, precision: str, params, images, channels0):
     """Pure function: params, normalized NHWC images (N, S, S, 3), channels0 (K,) int ->
-    signed maps (K, N, 3, S, S) in the images' dtype (float32 for bfloat16 precision)."""
+    signed maps (K, N, 3, S, S) in the images' dtype (float32 for bfloat16 precision).
+
+    When the target layer is affine (`LayerInfo.affine`: a raw conv or fc output), the target's
+    gradient with respect to the layer below does not depend on the image. It is computed once
+    per channel -- a batch-1 VJP of that single layer -- and the batched forward and VJPs stop
+    below the target layer. The maps are the same; the target layer's forward and its K x N
+    input gradients are skipped (about 15 % of the arithmetic for conv5, all of it for conv1,
+    little for fc layers; BENCHMARKS.md).
+    """
     info = spec.layer(layer)
     out_dtype = images.dtype
     if precision == "bfloat16":
@@ -91,17 +101,46 @@ def saliency_maps(spec: NetSpec, layer: str, method: str, precision: str, params
         xla_precision = jax.lax.Precision.DEFAULT
     else:
         xla_precision = jax.lax.Precision.HIGHEST if precision == "highest" else jax.lax.Precision.DEFAULT
-    model = spec.build(stop_at=layer, act=ACTIVATIONS[method], precision=xla_precision)
-    activation, vjp = jax.vjp(lambda x: model.apply({"params": params}, x), images)
-    cot = target_cotangents(info, channels0, images.shape[0], activation.dtype)
-    (grads,) = jax.vmap(vjp)(cot)  # (K, N, S, S, 3)
+    act = ACTIVATIONS[method]
+
+    def apply(**where):
+        model = spec.build(act=act, precision=xla_precision, **where)
+        return lambda x: model.apply({"params": params}, x)
+
+    if not info.affine:
+        activation, vjp = jax.vjp(apply(stop_at=layer), images)
+        cot = target_cotangents(info, channels0, images.shape[0], activation.dtype)
+        (grads,) = jax.vmap(vjp)(cot)  # (K, N, S, S, 3)
+    else:
+        index = spec.layer_names.index(layer)
+        below = spec.layer_names[index - 1] if index else None  # None: the image
+        if below is None:
+            below_act, vjp = images, None
+        else:
+            below_act, vjp = jax.vjp(apply(stop_at=below), images)
+        # The target layer alone, from a dummy one-image input: being affine, its VJP is the same
+        # at every input. Its forward output is unused (only its shape), so XLA drops it.
+        one = jnp.zeros((1,) + below_act.shape[1:], below_act.dtype)
+        activation, layer_vjp = jax.vjp(apply(start_at=below, stop_at=layer), one)
+        (cot,) = jax.vmap(layer_vjp)(target_cotangents(info, channels0, 1, activation.dtype))
+        cot = jnp.broadcast_to(cot, (cot.shape[0],) + below_act.shape)  # (K, N, ...) at `below`
+        grads = cot if vjp is None else jax.vmap(vjp)(cot)[0]
     return jnp.transpose(grads, (0, 1, 4, 2, 3)).astype(out_dtype)
 
 
+def compiled_saliency(spec: NetSpec, layer: str, method, precision: str):
+    """The jitted core for one (net, layer, method, precision); cached per process.
+
+    Returns fn(params, images (N, S, S, 3), channels0 (K,)) -> maps (K, N, 3, S, S), or
+    (K, N, S, S) for gradcam. `method`: a name or a `jaxsal.methods.Method`, validated against
+    the layer here (UsageError), so equal methods share one compiled function.
+    """
+    return _compiled(spec, layer, resolve(method, spec, layer), precision)
+
+
 @functools.lru_cache(maxsize=64)
-def compiled_saliency(spec: NetSpec, layer: str, method: str, precision: str):
-    """The jitted `saliency_maps` for one (net, layer, method, precision); cached per process."""
-    return jax.jit(functools.partial(saliency_maps, spec, layer, method, precision))
+def _compiled(spec: NetSpec, layer: str, method: Method, precision: str):
+    return jax.jit(functools.partial(method_maps, spec, layer, method, precision))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,17 +167,10 @@ class Net:
         """The layer's info; a UsageError if the layer is unknown or its weights are missing."""
         info = self.spec.layer(layer)
         if info.needs_fc_weights and not self.weights.has_fc:
-            raise UsageError(missing_fc_message(self.spec, layer))
+            from jaxsal.weights import fc_weights_missing_message
+
+            raise UsageError(fc_weights_missing_message(self.spec, layer))
         return info
-
-
-def missing_fc_message(spec: NetSpec, layer: str) -> str:
-    return (
-        f"layer {layer!r} needs {spec.name}'s fully-connected weights, but only the bundled "
-        f"conv-only weights are available. Get the full torchvision weights once with "
-        f"`jaxsal-convert --download` (or, offline, `jaxsal-convert --src "
-        f"{spec.weights.torchvision_files[0]}` with a copy of that file), or pass -weights PATH"
-    )
 
 
 def nest_params(flat: dict) -> dict:
@@ -170,8 +202,15 @@ def saliency(
     images,
     layer: str,
     channels: Sequence[int],
-    method: str = "guided",
+    method: str | Method = "guided",
     *,
+    smooth: int = 0,
+    noise: float = 0.15,
+    seed: int = 0,
+    baseline: str = "black",
+    ig_steps: int = 32,
+    ig_rule: str = "gausslegendre",
+    cam_layer: str | None = None,
     batch_size: int | None = None,
     precision: str = "highest",
 ) -> np.ndarray:
@@ -181,12 +220,23 @@ def saliency(
     EXIF-rotated, converted to RGB, resized to the net's input size (PIL bilinear, no crop) and
     normalized with ImageNet mean/std, as the original program.
 
-    Returns float32 (n_channels, n_images, 3, S, S): the signed gradient of each target with
-    respect to the normalized input (S = 224 for AlexNet).
+    method: vanilla, guided, deconv, ig, gradcam or guided_gradcam, or a `jaxsal.methods.Method`
+    holding the options below (docs/methods.md):
+      smooth, noise, seed: SmoothGrad over `smooth` noisy copies (0 = off) with noise standard
+        deviation noise * (max - min) of each normalized image; for vanilla, guided, deconv, ig.
+      baseline ('black' | 'zeros'), ig_steps, ig_rule ('gausslegendre' | 'trapezoid'):
+        integrated gradients.
+      cam_layer: Grad-CAM layer (default: the target if conv-like, else the last conv-like one).
+    Options a method does not use are ignored.
+
+    Returns float32 (n_channels, n_images, 3, S, S), attributions with respect to the normalized
+    input (S = 224 for AlexNet); for gradcam (n_channels, n_images, S, S), non-negative.
     """
     from jaxsal.stimuli import as_pil, to_network_input
 
-    check_method(method)
+    method = resolve(as_method(method, smooth=smooth, noise=noise, seed=seed, baseline=baseline,
+                               ig_steps=ig_steps, ig_rule=ig_rule, cam_layer=cam_layer),
+                     net.spec, layer)
     net.check_layer(layer)
     net.spec.check_channels(layer, channels)
     spec = net.spec

@@ -103,7 +103,8 @@ def test_save_maps_equals_python_api_and_flag_forms(workdir, cli_env, full_weigh
     assert files_under(out) == ["AlexNet_conv5_fig1.jpg", "AlexNet_conv5_fig2.jpg",
                                 "AlexNet_conv5_maps.npz"]
     with np.load(out / "AlexNet_conv5_maps.npz") as z:
-        assert set(z.files) == {"maps", "channels", "stim_ids", "layer", "method", "net", "weights"}
+        assert set(z.files) == {"maps", "channels", "stim_ids", "layer", "method", "method_options",
+                                "maps_axes", "net", "weights"}
         maps = z["maps"]
         assert maps.dtype == np.float32 and maps.shape == (2, N_EXAMPLES, 3, 224, 224)
         assert z["channels"].tolist() == [60, 125]
@@ -194,7 +195,7 @@ BAD_CASES = {
     "six channels": (["-net", "AlexNet", "-layer", "conv5", "-chn", "1", "2", "3", "4", "5", "6",
                       "-stim", STIM, "-out", "out"], "at most 5 channels"),
     "non-integer channel": (with_flag("-chn", "1.5"), "-chn"),
-    "bad method": (BASE + ["-meth", "smooth"], "-meth must be guided or vanilla"),
+    "bad method": (BASE + ["-meth", "smooth"], "-meth must be one of vanilla, guided"),
     "bad mode": (BASE + ["-mode", "grey"], "-mode must be RGB or gray"),
     "bad cmap": (BASE + ["-mode", "gray", "-cmap", "nosuchmap"], "unknown colormap"),
     "vmin above vmax": (BASE + ["-mode", "gray", "-vmin", "5", "-vmax", "1"], "-vmin"),

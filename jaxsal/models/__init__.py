@@ -16,12 +16,18 @@ from jaxsal.errors import UsageError
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
     """One named layer: `kind` is 'conv' (output C,H,W; target = channel mean) or 'fc' (output F;
-    target = the unit itself). `shape` is channel-first as in the original: (C, H, W) or (F,)."""
+    target = the unit itself). `shape` is channel-first as in the original: (C, H, W) or (F,).
+
+    `affine`: the layer's output is an affine function of the previous named layer's output (or
+    of the image, for the first layer) -- a raw convolution or linear layer, pre-activation. The
+    net's `build` must then accept `start_at=<previous layer>` (None for the first layer). The
+    saliency core uses it to skip the target layer's batched work (`jaxsal.saliency`)."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     needs_fc_weights: bool = False
+    affine: bool = False
 
     @property
     def width(self) -> int:
@@ -47,7 +53,7 @@ class NetSpec:
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    build: Callable  # build(act=..., stop_at=..., precision=...) -> flax.linen.Module
+    build: Callable  # build(act=..., stop_at=..., precision=..., start_at=None) -> flax.linen.Module
     weights: WeightSource
 
     @property

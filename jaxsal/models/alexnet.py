@@ -32,24 +32,24 @@ CONVS = (
 FCS = (("fc1", 256 * 6 * 6, 4096), ("fc2", 4096, 4096), ("fc3", 4096, 1000))
 
 LAYERS = (
-    LayerInfo("conv1", "conv", (64, 55, 55)),
+    LayerInfo("conv1", "conv", (64, 55, 55), affine=True),
     LayerInfo("conv1_relu", "conv", (64, 55, 55)),
     LayerInfo("conv1_maxpool", "conv", (64, 27, 27)),
-    LayerInfo("conv2", "conv", (192, 27, 27)),
+    LayerInfo("conv2", "conv", (192, 27, 27), affine=True),
     LayerInfo("conv2_relu", "conv", (192, 27, 27)),
     LayerInfo("conv2_maxpool", "conv", (192, 13, 13)),
-    LayerInfo("conv3", "conv", (384, 13, 13)),
+    LayerInfo("conv3", "conv", (384, 13, 13), affine=True),
     LayerInfo("conv3_relu", "conv", (384, 13, 13)),
-    LayerInfo("conv4", "conv", (256, 13, 13)),
+    LayerInfo("conv4", "conv", (256, 13, 13), affine=True),
     LayerInfo("conv4_relu", "conv", (256, 13, 13)),
-    LayerInfo("conv5", "conv", (256, 13, 13)),
+    LayerInfo("conv5", "conv", (256, 13, 13), affine=True),
     LayerInfo("conv5_relu", "conv", (256, 13, 13)),
     LayerInfo("conv5_maxpool", "conv", (256, 6, 6)),
-    LayerInfo("fc1", "fc", (4096,), needs_fc_weights=True),
+    LayerInfo("fc1", "fc", (4096,), needs_fc_weights=True, affine=True),
     LayerInfo("fc1_relu", "fc", (4096,), needs_fc_weights=True),
-    LayerInfo("fc2", "fc", (4096,), needs_fc_weights=True),
+    LayerInfo("fc2", "fc", (4096,), needs_fc_weights=True, affine=True),
     LayerInfo("fc2_relu", "fc", (4096,), needs_fc_weights=True),
-    LayerInfo("fc3", "fc", (1000,), needs_fc_weights=True),
+    LayerInfo("fc3", "fc", (1000,), needs_fc_weights=True, affine=True),
 )
 LAYER_NAMES = tuple(layer.name for layer in LAYERS)
 
@@ -97,39 +97,59 @@ class AlexNet(nn.Module):
 
     Input: (N, 224, 224, 3) normalized with ImageNet mean/std. Output: NHWC (N, H, W, C) for
     conv-like layers, (N, F) for fc layers. `act` is every ReLU (pass a guided ReLU for guided
-    backprop); `pool` is the 3x3/2 max-pool.
+    backprop); `pool` is the 3x3/2 max-pool. With `start_at` set, the input is instead the
+    activation of that layer (NHWC or (N, F)) and the layers up to it are skipped (Grad-CAM
+    differentiates the target with respect to an inner layer this way).
     """
 
     stop_at: str = "fc3"
     act: Callable = nn.relu
     pool: Callable = max_pool_3x3_s2
     precision: Any = lax.Precision.HIGHEST
+    start_at: str | None = None
 
     @nn.compact
     def __call__(self, x):
         if self.stop_at not in LAYER_NAMES:
             raise UsageError(f"unknown layer {self.stop_at!r}; valid layers: {', '.join(LAYER_NAMES)}")
+        first = 0
+        if self.start_at is not None:
+            if self.start_at not in LAYER_NAMES[: LAYER_NAMES.index(self.stop_at) + 1]:
+                raise UsageError(f"start_at {self.start_at!r} is not a layer at or below {self.stop_at!r}")
+            if self.start_at == self.stop_at:
+                return x
+            first = LAYER_NAMES.index(self.start_at) + 1
+
+        def runs(layer):  # is this layer computed (not skipped by start_at)?
+            return LAYER_NAMES.index(layer) >= first
+
         pooled_after = {"conv1", "conv2", "conv5"}
         for name, _, cout, k, s, p in CONVS:
-            x = Conv(cout, k, s, p, self.precision, name=name)(x)
+            if runs(name):
+                x = Conv(cout, k, s, p, self.precision, name=name)(x)
             if self.stop_at == name:
                 return x
-            x = self.act(x)
+            if runs(f"{name}_relu"):
+                x = self.act(x)
             if self.stop_at == f"{name}_relu":
                 return x
             if name in pooled_after:
-                x = self.pool(x)
+                if runs(f"{name}_maxpool"):
+                    x = self.pool(x)
                 if self.stop_at == f"{name}_maxpool":
                     return x
         # AdaptiveAvgPool2d((6, 6)) is the identity at 224x224; dropout is the identity in eval.
         # Flatten in H,W,C order: fc1's rows were reordered to match at conversion (SPEC §7).
-        x = x.reshape(x.shape[0], -1)
+        if x.ndim > 2:
+            x = x.reshape(x.shape[0], -1)
         for i, (name, _, fout) in enumerate(FCS):
-            x = Dense(fout, self.precision, name=name)(x)
+            if runs(name):
+                x = Dense(fout, self.precision, name=name)(x)
             if self.stop_at == name:
                 return x
             if i < len(FCS) - 1:
-                x = self.act(x)
+                if runs(f"{name}_relu"):
+                    x = self.act(x)
                 if self.stop_at == f"{name}_relu":
                     return x
         raise AssertionError("unreachable")
@@ -196,8 +216,9 @@ def from_torchvision(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def build(stop_at: str = "fc3", act: Callable = nn.relu, precision: Any = lax.Precision.HIGHEST):
-    return AlexNet(stop_at=stop_at, act=act, precision=precision)
+def build(stop_at: str = "fc3", act: Callable = nn.relu, precision: Any = lax.Precision.HIGHEST,
+          start_at: str | None = None):
+    return AlexNet(stop_at=stop_at, act=act, precision=precision, start_at=start_at)
 
 
 SPEC = NetSpec(
