@@ -4,7 +4,9 @@ images (BENCHMARKS.md has the results and how to read them).
 
 Three implementations of the same maps (CPU, float32):
   (a) orig   PyTorch the original program's way: per image and channel, a batch-1 forward run to
-             the end of the network and one backward pass (scripts/torch_baselines.py).
+             the end of the network, zero_grad and one backward() -- with the weights'
+             requires_grad left on, as in DNNBrain, so the backward also computes weight gradients
+             (scripts/torch_baselines.py). Column "a0" is the same loop without weight gradients.
   (b) torch  PyTorch done well: one forward per batch stopped at the target layer, one
              `torch.autograd.grad` per channel, no hooks.
   (c) jax    jaxsal's jitted core (`jaxsal.saliency.compiled_saliency`).
@@ -170,6 +172,28 @@ def round_robin(fns: dict, rounds: int, warmup: bool = False) -> dict[str, list[
     return times
 
 
+def paired_speedup(times: dict[str, list[float]], fast: str, slow: str, maps_fast: float = 1.0,
+                   maps_slow: float = 1.0) -> float:
+    """Median over rounds of (maps/s of `fast`) / (maps/s of `slow`), each round's two calls
+    being neighbours in time: more robust to other processes' load than a ratio of medians."""
+    return statistics.median((maps_fast / tf) / (maps_slow / ts)
+                             for tf, ts in zip(times[fast], times[slow]))
+
+
+@functools.lru_cache(maxsize=1)
+def matmul_probe(size: int = 2048):
+    """(call, flop): one float32 size^3 jax matmul, timed inside each round as the machine's
+    current peak, so that '% of peak' compares numbers taken under the same load."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((size, size), np.float32))
+    f = jax.jit(lambda x: jnp.dot(x, x, precision="highest"))
+    f(a).block_until_ready()
+    return (lambda: f(a).block_until_ready()), 2 * size**3
+
+
 def relative_errors(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Per-map relative L2 errors (maps = channel x image)."""
     k, n = ref.shape[:2]
@@ -242,6 +266,7 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
     images = setup.images[:batch]
     nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     net = torch_baselines.build(setup.torch_state, method)
+    net_orig = torch_baselines.build(setup.torch_state, method, param_grads=True)
     fn = compiled_saliency(setup.spec, layer, method, precision)
     call = jax_caller(fn, setup.params, images, np.asarray(channels, np.int32) - 1)
     n_orig = min(batch, orig_images)
@@ -251,58 +276,76 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
     first = time.perf_counter() - t
     ours = np.asarray(fn(setup.params, images, np.asarray(channels, np.int32) - 1))
     ref = torch_baselines.done_well(net, nchw, layer, channels)  # warm-up of (b), and parity
-    torch_baselines.original_way(net, nchw[:1], layer, channels[:1])  # warm-up of (a)
+    torch_baselines.original_way(net_orig, nchw[:1], layer, channels[:1])  # warm-up of (a)
+    torch_baselines.original_way(net, nchw[:1], layer, channels[:1])
     errors = relative_errors(ours, ref)
 
+    peak_call, peak_flop = matmul_probe()
     fns = {
         "jax": call,
         "torch": lambda: torch_baselines.done_well(net, nchw, layer, channels),
-        "orig": lambda: torch_baselines.original_way(net, nchw[:n_orig], layer, channels),
+        "orig": lambda: torch_baselines.original_way(net_orig, nchw[:n_orig], layer, channels),
+        "orig_no_weight_grads": lambda: torch_baselines.original_way(net, nchw[:n_orig], layer, channels),
+        "matmul": peak_call,
     }
     times = round_robin(fns, repeats)
     steady = {key: statistics.median(v) for key, v in times.items()}
-    maps = {"jax": batch * k, "torch": batch * k, "orig": n_orig * k}
-    rate = {key: maps[key] / steady[key] for key in fns}
+    maps = {"jax": batch * k, "torch": batch * k, "orig": n_orig * k, "orig_no_weight_grads": n_orig * k}
+    rate = {key: maps[key] / steady[key] for key in maps}
     fl = flops_per_map(setup.spec, layer, k)
+    std = fl["standard_gflop_per_map"] * 1e9
+    peak_rounds = [peak_flop / t for t in times["matmul"]]
+    pct = {key: statistics.median(maps[key] * std / t / pk for t, pk in zip(times[key], peak_rounds))
+           for key in maps}
     return {
         "layer": layer, "method": method, "batch": batch, "channels": k, "precision": precision,
         "maps_per_s": rate,
         "seconds_per_call": steady,
-        "best_maps_per_s": {key: maps[key] / min(times[key]) for key in fns},
+        "best_maps_per_s": {key: maps[key] / min(times[key]) for key in maps},
         "jax_first_call_s": first, "jax_compile_s": max(first - steady["jax"], 0.0),
-        "ratio_jax_vs_torch": rate["jax"] / rate["torch"],
-        "ratio_jax_vs_orig": rate["jax"] / rate["orig"],
-        "ratio_torch_vs_orig": rate["torch"] / rate["orig"],
+        "ratio_jax_vs_torch": paired_speedup(times, "jax", "torch", maps["jax"], maps["torch"]),
+        "ratio_jax_vs_orig": paired_speedup(times, "jax", "orig", maps["jax"], maps["orig"]),
+        "ratio_torch_vs_orig": paired_speedup(times, "torch", "orig", maps["torch"], maps["orig"]),
+        "ratio_jax_vs_orig_no_weight_grads": paired_speedup(times, "jax", "orig_no_weight_grads",
+                                                            maps["jax"], maps["orig"]),
+        "ratio_of_medians_jax_vs_torch": rate["jax"] / rate["torch"],
         "orig_measured_images": n_orig, "orig_extrapolated": n_orig < batch,
         "repeats": repeats,
         "parity_vs_torch": {"median_rel_err": float(np.median(errors)), "max_rel_err": float(errors.max())},
         "gflop_per_map": {"standard": fl["standard_gflop_per_map"], "executed": fl["executed_gflop_per_map"]},
-        "achieved_gflops": {key: rate[key] * fl["standard_gflop_per_map"] for key in fns},
+        "achieved_gflops": {key: rate[key] * fl["standard_gflop_per_map"] for key in maps},
+        "matmul_gflops_in_run": statistics.median(peak_rounds) / 1e9,
+        "fraction_of_matmul_peak": pct,
     }
 
 
-def print_cases(cases: list[dict], peak: dict | None) -> None:
-    peak_gflops = peak["jax"]["best_gflops"] if peak else None
+def print_cases(cases: list[dict]) -> None:
     print()
-    print("Saliency maps per second (maps = images x channels), steady state, median of the timed calls")
-    head = (f"{'layer':6} {'method':8} {'N':>4} | {'(a) orig':>10} {'(b) torch':>10} {'(c) jax':>9} | "
-            f"{'c/b':>5} {'c/a':>6} | {'compile s':>9} | {'GFLOP/s c':>9} {'% peak':>6} | parity")
+    print("Saliency maps per second (maps = images x channels), steady state: median of the timed "
+          "calls;\nratios: median over rounds of the ratio between neighbouring calls")
+    head = (f"{'layer':6} {'method':8} {'N':>4} | {'(a) orig':>9} {'a0':>6} {'(b) torch':>9} {'(c) jax':>8} | "
+            f"{'c/b':>5} {'c/a':>5} {'c/a0':>5} | {'compile s':>9} | {'GFLOP/s c':>9} {'matmul':>6} {'% peak':>6} | parity")
     print(head)
     print("-" * len(head))
     for c in cases:
         r = c["maps_per_s"]
         orig = f"{r['orig']:.2f}" + ("*" if c["orig_extrapolated"] else " ")
-        pct = f"{100 * c['achieved_gflops']['jax'] / peak_gflops:5.0f}%" if peak_gflops else "   n/a"
-        print(f"{c['layer']:6} {c['method']:8} {c['batch']:>4} | {orig:>10} {r['torch']:>10.2f} {r['jax']:>9.2f} | "
-              f"{c['ratio_jax_vs_torch']:>5.2f} {c['ratio_jax_vs_orig']:>6.1f} | {c['jax_compile_s']:>9.1f} | "
-              f"{c['achieved_gflops']['jax']:>9.0f} {pct:>6} | {c['parity_vs_torch']['median_rel_err']:.1e}")
+        pct = f"{100 * c['fraction_of_matmul_peak']['jax']:5.0f}%"
+        print(f"{c['layer']:6} {c['method']:8} {c['batch']:>4} | {orig:>9} {r['orig_no_weight_grads']:>6.2f} "
+              f"{r['torch']:>9.2f} {r['jax']:>8.2f} | {c['ratio_jax_vs_torch']:>5.2f} {c['ratio_jax_vs_orig']:>5.1f} "
+              f"{c['ratio_jax_vs_orig_no_weight_grads']:>5.1f} | {c['jax_compile_s']:>9.1f} | "
+              f"{c['achieved_gflops']['jax']:>9.0f} {c['matmul_gflops_in_run']:>6.0f} {pct:>6} | "
+              f"{c['parity_vs_torch']['median_rel_err']:.1e}")
     if any(c["orig_extrapolated"] for c in cases):
         n = min(c["orig_measured_images"] for c in cases if c["orig_extrapolated"])
-        print(f"* (a) timed on the first {n} images of the batch and extrapolated: the original's "
-              "way is one batch-1 pass per image and channel, so its rate does not depend on N.")
-    if peak_gflops:
-        print(f"GFLOP/s count one forward + one VJP per channel (standard count); peak = best "
-              f"{peak['size']}^3 float32 matmul in jax on this machine: {peak_gflops:.0f} GFLOP/s.")
+        print(f"* (a) and a0 timed on the first {n} images of the batch and extrapolated: the "
+              "original's way is one batch-1 pass per image and channel, so its rate does not "
+              "depend on N.")
+    print("a0: the original's loop without weight gradients (requires_grad off on the weights).")
+    print("GFLOP/s: one forward + one VJP per channel (standard count) per map. matmul: GFLOP/s of "
+          "a 2048^3 float32 jax matmul timed in each round (the machine's peak under the same "
+          "load); % peak: median over rounds of c's GFLOP/s over it. parity: median relative "
+          "L2 error of c's maps against b's.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +373,7 @@ def bench_precisions(setup: Setup, layer: str, method: str, batch: int, repeats:
         steady = statistics.median(times[p])
         rows.append({"layer": layer, "method": method, "batch": batch, "precision": p,
                      "maps_per_s": batch * len(CHANNELS) / steady,
-                     "speed_vs_highest": statistics.median(times["highest"]) / steady,
+                     "speed_vs_highest": paired_speedup(times, p, "highest"),
                      "compile_s": max(first[p] - steady, 0.0),
                      "median_rel_err_vs_highest": float(np.median(err)),
                      "max_rel_err_vs_highest": float(err.max())})
@@ -438,15 +481,15 @@ def bench_ablation(setup: Setup, layer: str, method: str, batch: int, repeats: i
     nchw = torch.from_numpy(np.ascontiguousarray(setup.images[:batch].transpose(0, 3, 1, 2)))
     fns["(b) torch done well"] = lambda: torch_baselines.done_well(net, nchw, layer, list(CHANNELS))
     times = round_robin(fns, repeats, warmup=True)
-    base = statistics.median(times["(b) torch done well"])
     ref = outs["shipped"]
     rows = []
     for name, ts in times.items():
         steady = statistics.median(ts)
         err = relative_errors(outs[name], ref) if name in outs else np.zeros(1)
         rows.append({"layer": layer, "method": method, "batch": batch, "variant": name,
-                     "maps_per_s": batch * len(CHANNELS) / steady, "ratio_vs_torch": base / steady,
-                     "speed_vs_shipped": statistics.median(times["shipped"]) / steady,
+                     "maps_per_s": batch * len(CHANNELS) / steady,
+                     "ratio_vs_torch": paired_speedup(times, name, "(b) torch done well"),
+                     "speed_vs_shipped": paired_speedup(times, name, "shipped"),
                      "median_rel_diff_vs_shipped": float(np.median(err)),
                      "max_rel_diff_vs_shipped": float(err.max())})
     return rows
@@ -559,9 +602,9 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
 
         # Pure compute of the same maps (same batch size as the command's default), in-process.
         if setup is not None:
-            from jaxsal.saliency import compiled_saliency, default_batch_size
+            from jaxsal.saliency import compiled_saliency
 
-            bs = batch_size or default_batch_size()
+            bs = _command_batch_size(n_images, layer, batch_size)
             fn = compiled_saliency(setup.spec, layer, method, "highest")
             imgs = setup.images[:bs] if len(setup.images) >= bs else photo_like_images(bs, 7)
             call = jax_caller(fn, setup.params, imgs, np.asarray(CHANNELS, np.int32) - 1)
@@ -573,6 +616,18 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _command_batch_size(n_images: int, layer: str, requested: int | None) -> int:
+    """The batch size the command picks for this run (its runner's rule), or 64 if that cannot
+    be asked (the runner's interface is not part of this benchmark)."""
+    try:
+        from jaxsal import runner
+
+        net = jaxsal.load_net("AlexNet")
+        return int(runner.pick_batch_size(n_images, requested, net, layer, len(CHANNELS)))
+    except Exception:  # noqa: BLE001
+        return requested or 64
 
 
 def print_cli(r: dict) -> None:
@@ -612,7 +667,7 @@ def parse_args(argv=None):
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per case (after a warm-up)")
     ap.add_argument("--repeats-large", type=int, default=3, help="timed calls for batches above 64")
-    ap.add_argument("--orig-images", type=int, default=12,
+    ap.add_argument("--orig-images", type=int, default=8,
                     help="time the original's way on at most this many images per case, extrapolate")
     ap.add_argument("--precision-cases", default="fc3:guided:64,conv5:guided:64",
                     help="layer:method:batch cases for the precision table ('' to skip)")
@@ -692,7 +747,7 @@ def main(argv=None) -> dict:
                     cases.append(bench_case(setup, layer, method, batch, repeats, args.orig_images))
         report["cases"] = cases
         if not quiet:
-            print_cases(cases, report.get("peak"))
+            print_cases(cases)
         prec = []
         for layer, method, batch in precision_cases:
             log(f"# precision {layer} {method} N={batch} ...")

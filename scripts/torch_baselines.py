@@ -2,9 +2,13 @@
 
 Two ways of computing the same saliency maps (SPEC §4-§5) as jaxsal:
 
-* `original_way`: what DNNBrain's dnn_saliency does -- for every image and every channel, one
-  forward pass of a single image run to the END of the network (the target activation is caught
-  with a forward hook), then one backward pass from the target.
+* `original_way`: what DNNBrain's dnn_saliency does (`SaliencyImage.backprop` in
+  dnnbrain/dnn/algo.py: `self.dnn(image); self.dnn.model.zero_grad(); self.activation.backward()`)
+  -- for every image and every channel, one forward pass of a single image run to the END of the
+  network (the target activation is caught with a forward hook), then one backward pass from the
+  target. The original's model parameters keep `requires_grad=True` (torch's default), so that
+  backward also computes every weight gradient below the target; `build(..., param_grads=True)`
+  reproduces this, `param_grads=False` measures the same loop without it.
 * `done_well`: one forward pass per batch, stopped at the target layer, then one
   `torch.autograd.grad` per channel (the batch shares it: images are independent in eval mode).
   No hooks; guided backprop is a ReLU written as an autograd.Function.
@@ -118,12 +122,15 @@ class AlexNet(nn.Module):
         return getattr(self, part)[index]
 
 
-def build(state_dict, method: str) -> AlexNet:
+def build(state_dict, method: str, param_grads: bool = False) -> AlexNet:
+    """The network in eval mode. `param_grads`: leave the weights' requires_grad on, as a freshly
+    loaded torchvision model (and the original program) has it; off, gradients flow to the input
+    only."""
     net = AlexNet(guided=method == "guided")
     net.load_state_dict(state_dict)
     net.eval()
     for p in net.parameters():
-        p.requires_grad_(False)  # gradients are wanted for the input only
+        p.requires_grad_(param_grads)
     return net
 
 
@@ -135,7 +142,8 @@ def _target(a: torch.Tensor, channel: int) -> torch.Tensor:
 
 def original_way(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) -> np.ndarray:
     """DNNBrain's strategy: per image and channel, a batch-1 forward to the end of the network
-    (target caught by a forward hook) and one backward pass."""
+    (target caught by a forward hook), `zero_grad`, and one `backward()` from the target (which
+    also fills the weights' .grad when `net` was built with param_grads=True)."""
     caught = {}
     handle = net.module(layer).register_forward_hook(lambda m, i, o: caught.__setitem__("a", o))
     try:
@@ -144,6 +152,7 @@ def original_way(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) 
             for k, c in enumerate(channels):
                 x = images_nchw[n : n + 1].clone().requires_grad_(True)
                 net(x)
+                net.zero_grad()
                 _target(caught.pop("a"), c).sum().backward()
                 out[k, n] = x.grad[0].numpy()
         return out

@@ -52,8 +52,9 @@ def test_tiny_run_prints_parsable_json():
         assert key in report
     assert {"cpu", "cores"} <= set(report["machine"])
     (case,) = report["cases"]
-    assert set(case["maps_per_s"]) == {"orig", "torch", "jax"}
-    for key in ("ratio_jax_vs_torch", "ratio_jax_vs_orig", "jax_compile_s", "parity_vs_torch"):
+    assert set(case["maps_per_s"]) == {"orig", "orig_no_weight_grads", "torch", "jax"}
+    for key in ("ratio_jax_vs_torch", "ratio_jax_vs_orig", "ratio_jax_vs_orig_no_weight_grads",
+                "jax_compile_s", "parity_vs_torch", "fraction_of_matmul_peak"):
         assert key in case
     assert case["parity_vs_torch"]["median_rel_err"] < 1e-4
     assert [p["precision"] for p in report["precision"]] == ["highest", "default", "bfloat16"]
