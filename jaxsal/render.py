@@ -246,18 +246,51 @@ def draw_figure(fig, job: FigureJob) -> None:
     grid = [("stim", [_stimulus_rgb(s) for s in job.stimuli])]
     grid += [(label, list(maps)) for label, maps in job.rows]
     axes = _grid_axes(fig, len(grid), n_cols)
+    shapes = []
     for r, (label, images) in enumerate(grid):  # row-major, as the original draws
         for c, image in enumerate(images):
             ax = axes[r, c]
             overlay = r > 0 and job.underlays is not None
             if overlay:
-                ax.imshow(_stimulus_rgb(job.underlays[c]), aspect="equal")
+                underlay = _stimulus_rgb(job.underlays[c])
+                ax.imshow(underlay, aspect="equal")
+                shapes.append(underlay.shape[:2])
             ax.imshow(image, cmap=job.cmap, vmin=job.vmin, vmax=job.vmax, aspect="equal",
                       alpha=job.alpha if overlay else None)
+            shapes.append(np.shape(image)[:2])
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label)
-    fig.tight_layout()
+    _tight_layout(fig, (len(grid), n_cols, tuple(label for label, _ in grid), tuple(shapes)))
+
+
+def _tight_layout(fig, key) -> None:
+    """``fig.tight_layout()``, with two savings that leave every pixel the same.
+
+    * Its result (the subplot parameters) is remembered per ``key``: it depends only on the
+      figure's size, dpi and fonts (fixed in a process), the grid shape, the y-labels and the
+      shape of each image (an axes with aspect 'equal' shrinks to its image), never on the
+      pixels -- and computing it measures every axes, about a third of the cost of a figure.
+    * It runs the layout engine directly. ``Figure.tight_layout`` leaves a placeholder layout
+      engine on the figure, and ``savefig`` then draws (and resamples every image of) the
+      whole figure twice.
+    """
+    from matplotlib.layout_engine import TightLayoutEngine
+
+    params = _TIGHT_LAYOUTS.get(key)
+    if params is None:
+        TightLayoutEngine().execute(fig)
+        sp = fig.subplotpars
+        params = dict(left=sp.left, right=sp.right, bottom=sp.bottom, top=sp.top,
+                      wspace=sp.wspace, hspace=sp.hspace)
+        if len(_TIGHT_LAYOUTS) >= 4096:  # many distinct stimulus shapes: stay small
+            _TIGHT_LAYOUTS.clear()
+        _TIGHT_LAYOUTS[key] = params
+    else:
+        fig.subplots_adjust(**params)
+
+
+_TIGHT_LAYOUTS: dict = {}  # (rows, cols, labels, image shapes) -> subplot parameters, per process
 
 
 def _grid_axes(fig, n_rows: int, n_cols: int):

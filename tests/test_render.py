@@ -396,18 +396,55 @@ def test_can_show_needs_an_interactive_backend(monkeypatch):
     assert render.can_show() is True
 
 
-def test_reused_figures_draw_exactly_what_new_figures_draw(tmp_path):
-    """render_figure redraws one cached figure per grid shape; the bytes must not change."""
+def _reference_jpeg(job):
+    """The figure drawn the plain way, as the original does: a new figure, one imshow per cell,
+    ``fig.tight_layout()``, savefig. Independent of render.py's reuse and layout cache."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = [("stim", list(job.stimuli))] + [(label, list(maps)) for label, maps in job.rows]
+    axes = fig.subplots(len(grid), len(job.stimuli), squeeze=False)
+    for r, (label, images) in enumerate(grid):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            if r > 0 and job.underlays is not None:
+                ax.imshow(job.underlays[c], aspect="equal")
+                ax.imshow(image, cmap=job.cmap, vmin=job.vmin, vmax=job.vmax, aspect="equal",
+                          alpha=job.alpha)
+            else:
+                ax.imshow(image, cmap=job.cmap, vmin=job.vmin, vmax=job.vmax, aspect="equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="jpeg", dpi=100, pil_kwargs={"quality": 95})
+    return buffer.getvalue()
+
+
+def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_path):
+    """render_figure redraws one figure per grid shape and remembers tight_layout's result per
+    (grid, labels, image shapes); the bytes must equal a plain matplotlib figure's."""
     render._REUSABLE_FIGURES.clear()
+    render._TIGHT_LAYOUTS.clear()
+    rng = np.random.default_rng(9)
+    other_shapes = dataclasses.replace(
+        _job(tmp_path, 6, (294, 23), "RGB", seed=6),
+        stimuli=[rng.integers(0, 256, (64, 48, 3), dtype=np.uint8) for _ in range(6)])
+    overlay = _job(tmp_path, 6, (294, 23), "gray", seed=7, cmap="jet", alpha=0.4,
+                   underlays=[rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)])
     jobs = [_job(tmp_path, 6, (294, 23), "RGB", seed=1),
-            _job(tmp_path, 6, (294, 23), "gray", seed=2),          # same grid, other images
+            _job(tmp_path, 6, (294, 23), "gray", seed=2),          # same layout, other pixels
             _job(tmp_path, 1, (5,), "RGB", seed=3),                 # another grid shape
-            _job(tmp_path, 6, (1, 2), "gray", seed=4, cmap="gray", vmin=10, vmax=200),
-            _job(tmp_path, 6, (294, 23), "RGB", seed=5)]
+            _job(tmp_path, 6, (1, 2), "gray", seed=4, cmap="gray", vmin=10, vmax=200),  # labels
+            other_shapes,                                           # same grid, other aspects
+            overlay,
+            _job(tmp_path, 6, (294, 23), "RGB", seed=5)]            # cached layout again
     for i, job in enumerate(jobs):
         job = dataclasses.replace(job, out_path=str(tmp_path / f"reused{i}.jpg"))
         render_figure(job)
-        fresh = io.BytesIO()
-        build_figure(job).savefig(fresh, format="jpeg", pil_kwargs={"quality": 95})
-        assert (tmp_path / f"reused{i}.jpg").read_bytes() == fresh.getvalue(), f"figure {i}"
+        assert (tmp_path / f"reused{i}.jpg").read_bytes() == _reference_jpeg(job), f"figure {i}"
     assert set(render._REUSABLE_FIGURES) == {(3, 6), (2, 1)}
+    assert len(render._TIGHT_LAYOUTS) == 5  # jobs 1 and 6 reused job 0's layout
