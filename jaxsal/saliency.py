@@ -165,12 +165,9 @@ class Net:
 
     def check_layer(self, layer: str) -> LayerInfo:
         """The layer's info; a UsageError if the layer is unknown or its weights are missing."""
-        info = self.spec.layer(layer)
-        if info.needs_fc_weights and not self.weights.has_fc:
-            from jaxsal.weights import fc_weights_missing_message
+        from jaxsal.weights import check_layer_weights
 
-            raise UsageError(fc_weights_missing_message(self.spec, layer))
-        return info
+        return check_layer_weights(self.spec, self.weights, layer)
 
 
 def nest_params(flat: dict) -> dict:
@@ -192,9 +189,13 @@ def load_net(name: str = "AlexNet", weights=None) -> Net:
     from jaxsal.weights import load_weights
 
     spec = get_net_spec(name)
-    loaded = load_weights(spec, weights)
-    params = jax.tree_util.tree_map(jnp.asarray, nest_params(loaded.params))
-    return Net(spec=spec, weights=loaded, params=params)
+    return net_from_weights(spec, load_weights(spec, weights))
+
+
+def net_from_weights(spec: NetSpec, weights) -> Net:
+    """A `Net` from weights already read from disk (`jaxsal.weights.load_weights`)."""
+    params = jax.tree_util.tree_map(jnp.asarray, nest_params(weights.params))
+    return Net(spec=spec, weights=weights, params=params)
 
 
 def saliency(

@@ -12,6 +12,7 @@ Public API (see each function's docstring):
 * `convert_checkpoint(spec, src, dst)` -- .pth -> .safetensors (atomic).
 * `download(spec, url=None, dest_dir=None, progress=True)` -- fetch + verify + convert.
 * `fc_weights_missing_message(spec, layer)` -- the error text for fc targets without fc weights.
+* `check_layer_weights(spec, weights, layer)` -- raises that error (or an unknown-layer one).
 
 Nothing here imports torch; user mistakes raise `jaxsal.errors.UsageError`.
 """
@@ -23,6 +24,7 @@ from jaxsal.weights.resolve import (
     bundled_weights_path,
     cache_dir,
     cached_weights_path,
+    check_layer_weights,
     fc_weights_missing_message,
     load_weights,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "bundled_weights_path",
     "cache_dir",
     "cached_weights_path",
+    "check_layer_weights",
     "convert_checkpoint",
     "download",
     "fc_weights_missing_message",

@@ -157,6 +157,15 @@ def _from_dnnbrain(spec: NetSpec) -> Weights | None:
     return weights
 
 
+def check_layer_weights(spec: NetSpec, weights: Weights, layer: str):
+    """The layer's info (`spec.layer`); a UsageError if it is unknown or `weights` lack what it
+    needs (fc layers need the fc weights). JAX-free, so the CLI checks before importing JAX."""
+    info = spec.layer(layer)
+    if info.needs_fc_weights and not weights.has_fc:
+        raise UsageError(fc_weights_missing_message(spec, layer))
+    return info
+
+
 def load_weights(spec: NetSpec, path: str | os.PathLike | None = None) -> Weights:
     """The weights for `spec`, from `path` or the first source found (see the module docstring).
 
@@ -186,5 +195,6 @@ def load_weights(spec: NetSpec, path: str | os.PathLike | None = None) -> Weight
 
 __all__ = [
     "WeightsWarning", "cache_dir", "cached_weights_path", "torch_hub_checkpoint_dir",
-    "dnnbrain_checkpoint_path", "bundled_weights_path", "fc_weights_missing_message", "load_weights",
+    "dnnbrain_checkpoint_path", "bundled_weights_path", "check_layer_weights",
+    "fc_weights_missing_message", "load_weights",
 ]
