@@ -425,26 +425,46 @@ def _reference_jpeg(job):
 
 
 def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_path):
-    """render_figure redraws one figure per grid shape and remembers tight_layout's result per
-    (grid, labels, image shapes); the bytes must equal a plain matplotlib figure's."""
-    render._REUSABLE_FIGURES.clear()
+    """render_figure reuses one figure per grid shape, remembers tight_layout's result and the
+    drawn background per layout key, and then draws only images and frames; the bytes must
+    equal a plain matplotlib figure's, for hits and misses of every kind."""
+    render._CANVASES.clear()
     render._TIGHT_LAYOUTS.clear()
     rng = np.random.default_rng(9)
     other_shapes = dataclasses.replace(
         _job(tmp_path, 6, (294, 23), "RGB", seed=6),
         stimuli=[rng.integers(0, 256, (64, 48, 3), dtype=np.uint8) for _ in range(6)])
-    overlay = _job(tmp_path, 6, (294, 23), "gray", seed=7, cmap="jet", alpha=0.4,
-                   underlays=[rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)])
-    jobs = [_job(tmp_path, 6, (294, 23), "RGB", seed=1),
-            _job(tmp_path, 6, (294, 23), "gray", seed=2),          # same layout, other pixels
-            _job(tmp_path, 1, (5,), "RGB", seed=3),                 # another grid shape
-            _job(tmp_path, 6, (1, 2), "gray", seed=4, cmap="gray", vmin=10, vmax=200),  # labels
-            other_shapes,                                           # same grid, other aspects
-            overlay,
-            _job(tmp_path, 6, (294, 23), "RGB", seed=5)]            # cached layout again
+    underlays = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    gray = _job(tmp_path, 6, (294, 23), "gray", seed=14)
+    jobs = [
+        _job(tmp_path, 6, (294, 23), "RGB", seed=1),
+        _job(tmp_path, 6, (294, 23), "RGB", seed=8),               # hit: other pixels
+        _job(tmp_path, 6, (294, 23), "gray", seed=2),              # 2-D maps: a new key
+        _job(tmp_path, 6, (294, 23), "gray", seed=10),             # hit
+        dataclasses.replace(                                       # hit: norms follow the data
+            gray, rows=[(gray.rows[0][0], [m // 3 for m in gray.rows[0][1]]),
+                        (gray.rows[1][0], [np.zeros_like(gray.rows[1][1][0])] * 6)]),
+        _job(tmp_path, 1, (5,), "RGB", seed=3),                    # another grid shape
+        _job(tmp_path, 6, (1, 2), "gray", seed=4, cmap="gray", vmin=10, vmax=200),  # labels
+        _job(tmp_path, 6, (1, 2), "gray", seed=11, cmap="gray", vmin=10, vmax=200),  # hit
+        _job(tmp_path, 6, (1, 2), "gray", seed=12, cmap="gray", vmin=10),            # vmax free
+        other_shapes,                                              # same grid, other aspects
+        _job(tmp_path, 6, (294, 23), "gray", seed=7, cmap="jet", alpha=0.4, underlays=underlays),
+        _job(tmp_path, 6, (294, 23), "gray", seed=13, cmap="jet", alpha=0.4,
+             underlays=underlays[::-1]),                           # hit with -overlay
+        _job(tmp_path, 6, (294, 23), "RGB", seed=5),               # first key again
+    ]
     for i, job in enumerate(jobs):
         job = dataclasses.replace(job, out_path=str(tmp_path / f"reused{i}.jpg"))
         render_figure(job)
         assert (tmp_path / f"reused{i}.jpg").read_bytes() == _reference_jpeg(job), f"figure {i}"
-    assert set(render._REUSABLE_FIGURES) == {(3, 6), (2, 1)}
-    assert len(render._TIGHT_LAYOUTS) == 5  # jobs 1 and 6 reused job 0's layout
+    assert set(render._CANVASES) == {(3, 6), (2, 1)}
+
+
+def test_warmed_up_worker_draws_the_plain_figure(tmp_path):
+    render._CANVASES.clear()
+    render.warm_up(3, 6)
+    job = dataclasses.replace(_job(tmp_path, 6, (294, 23), "RGB", seed=1),
+                              out_path=str(tmp_path / "warm.jpg"))
+    render_figure(job)
+    assert (tmp_path / "warm.jpg").read_bytes() == _reference_jpeg(job)
