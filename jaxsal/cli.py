@@ -234,15 +234,17 @@ class Plan:
     """A validated run: everything is known to be usable before any compute starts."""
 
     options: Options
+    spec: "jaxsal.models.NetSpec"  # noqa: F821
     stimuli: "jaxsal.stimuli.StimulusSet"  # noqa: F821
-    net: "jaxsal.saliency.Net"  # noqa: F821
+    weights: "jaxsal.weights.Weights"  # noqa: F821 - read from disk and checked, not on a device
 
 
 def prepare(options: Options) -> Plan:
-    """Validate everything, cheapest first; load the stimulus list and the weights."""
+    """Validate everything, cheapest first; read the stimulus list and the weights. No JAX."""
     from jaxsal import render
     from jaxsal.models import get_net_spec
     from jaxsal.stimuli import read_stim_csv
+    from jaxsal.weights import check_layer_weights, load_weights
 
     spec = get_net_spec(options.net)
     spec.check_channels(options.layer, options.channels)
@@ -257,16 +259,71 @@ def prepare(options: Options) -> Plan:
     if not options.stim.endswith(".stim.csv"):
         raise UsageError(f"-stim must be a .stim.csv file, got {options.stim!r}")
     stimuli = read_stim_csv(options.stim)
+    weights = load_weights(spec, options.weights)
+    check_layer_weights(spec, weights, options.layer)
+    return Plan(options=options, spec=spec, stimuli=stimuli, weights=weights)
 
-    if options.cluster.is_multi:  # must come before JAX's first computation
+
+def load_net(plan: Plan):
+    """Join the cluster (if any), import JAX and put the weights on the device(s)."""
+    if plan.options.cluster.is_multi:  # must come before JAX's first computation
         from jaxsal import distributed
 
-        distributed.initialize(options.cluster)
-    from jaxsal.saliency import load_net  # imports JAX: only now that the inputs are sound
+        distributed.initialize(plan.options.cluster)
+    from jaxsal.saliency import net_from_weights  # imports JAX: only now that the inputs are sound
 
-    net = load_net(options.net, options.weights)
-    net.check_layer(options.layer)
-    return Plan(options=options, stimuli=stimuli, net=net)
+    return net_from_weights(plan.spec, plan.weights)
+
+
+class Pipeline:
+    """The work of a run that needs no JAX, started as soon as the inputs are valid: decoding
+    the stimuli (threads) and starting the figure workers (processes, which import matplotlib).
+    Both then overlap the ~1-2 s of importing JAX and loading the weights instead of following
+    them. Close it (or use it as a context manager) to stop both."""
+
+    DECODE_AHEAD = 128  # stimuli decoded ahead of the device: two CPU batches
+
+    def __init__(self, plan: Plan, cluster=None):
+        from jaxsal import distributed, render
+
+        cluster = cluster or distributed.Cluster()
+        self.plan = plan
+        all_slices = render.figure_slices(len(plan.stimuli.paths))
+        # (global figure number k, global stimulus indices) of the figures this process draws
+        self.figures = [(k + 1, all_slices[k]) for k in cluster.my_figures(len(all_slices))]
+        self.mine = [i for _, cols in self.figures for i in cols]
+        self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        self._decoding = [self._submit(i) for i in self.mine[: self.DECODE_AHEAD]]
+        self.pool = None
+        if plan.options.out is not None and self.figures:
+            workers = render.default_render_workers()
+            self.pool = render.render_pool(workers)
+            grid = (1 + len(plan.options.channels), len(self.figures[0][1]))
+            for _ in range(workers):  # spawn them now: they start up while JAX is imported
+                self.pool.submit(render.warm_up, *grid)
+
+    def _submit(self, i: int):
+        return self.decoder.submit(_decode, self.plan.stimuli.paths[i], self.plan.spec)
+
+    def decoded(self):
+        """(stimulus index, native RGB array, network input, decode seconds), in `mine` order."""
+        for pos, i in enumerate(self.mine):
+            native, x, secs = self._decoding[pos].result()
+            self._decoding[pos] = None
+            if len(self._decoding) < len(self.mine):
+                self._decoding.append(self._submit(self.mine[len(self._decoding)]))
+            yield i, native, x, secs
+
+    def close(self) -> None:
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Progress:
@@ -334,7 +391,7 @@ def render_timed(job) -> tuple[str, float]:
     return path, time.perf_counter() - t
 
 
-def execute(plan: Plan, timings: Timings, cluster=None) -> None:
+def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings, cluster=None) -> None:
     """Compute, render and save; `Finish: i/n` after each figure, in order.
 
     With a multi-process `cluster`, this process does only its share of the figures (see
@@ -345,14 +402,11 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
     from jaxsal.methods import map_shape
     from jaxsal.runner import iter_saliency
 
-    o, net, stimuli = plan.options, plan.net, plan.stimuli
+    o, stimuli = plan.options, plan.stimuli
     cluster = cluster or distributed.Cluster()
     spec = net.spec
     n = len(stimuli.paths)
-    all_slices = render.figure_slices(n)
-    # (global figure number k, global stimulus indices) of the figures this process draws
-    figures = [(k + 1, all_slices[k]) for k in cluster.my_figures(len(all_slices))]
-    mine = [i for _, cols in figures for i in cols]
+    figures, mine, pool = pipeline.figures, pipeline.mine, pipeline.pool
     if o.out is not None:
         o.out.mkdir(parents=True, exist_ok=True)
 
@@ -369,22 +423,14 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
 
     natives: dict[int, object] = {}
     underlays: dict[int, object] = {}  # -overlay: the 224x224 picture the network saw
-    decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    pool = render.render_pool() if o.out is not None and figures else None
     can_show = None
     try:
         def inputs():
-            ahead = 2 * 64
-            futures = [decoder.submit(_decode, stimuli.paths[i], spec) for i in mine[:ahead]]
-            for pos, i in enumerate(mine):
-                native, x, secs = futures[pos].result()
-                futures[pos] = None
+            for i, native, x, secs in pipeline.decoded():
                 timings.decode += secs
                 natives[i] = native
                 if o.overlay:
                     underlays[i] = render.network_image(x, spec.mean, spec.std)
-                if len(futures) < len(mine):
-                    futures.append(decoder.submit(_decode, stimuli.paths[mine[len(futures)]], spec))
                 yield x
 
         progress = Progress(len(mine))
@@ -458,9 +504,6 @@ def execute(plan: Plan, timings: Timings, cluster=None) -> None:
     finally:
         if writer is not None:
             writer.abort()
-        decoder.shutdown(wait=False, cancel_futures=True)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def np_array_int64(values):
@@ -501,13 +544,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         options = parse_args(argv)
+        global _MULTI_PROCESS
+        _MULTI_PROCESS = options.cluster.is_multi
         plan = prepare(options)
-        from jaxsal.runtime import enable_compilation_cache
-        from jaxsal.weights import cache_dir
+        with Pipeline(plan, options.cluster) as pipeline:
+            net = load_net(plan)
+            from jaxsal.runtime import enable_compilation_cache
+            from jaxsal.weights import cache_dir
 
-        enable_compilation_cache(cache_dir() / "xla")
-        timings.setup = time.perf_counter() - start
-        execute(plan, timings, options.cluster)
+            enable_compilation_cache(cache_dir() / "xla")
+            timings.setup = time.perf_counter() - start
+            execute(plan, net, pipeline, timings, options.cluster)
     except _Help as h:
         print(str(h), end="")
         return 0
@@ -529,8 +576,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> int:
-    """Console-script entry point."""
-    return main(sys.argv)
+    """Console-script entry point.
+
+    A single-process run ends with `os._exit` once its output is flushed and every file is
+    closed: tearing JAX's runtime down at interpreter exit takes ~0.5 s and does nothing a
+    finished run needs. Multi-process runs exit normally (jax.distributed shuts down at exit).
+    """
+    rc = main(sys.argv)
+    if not _MULTI_PROCESS:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said
+                pass
+        os._exit(rc)
+    return rc
+
+
+_MULTI_PROCESS = False  # set by main() when this run joined a jax.distributed cluster
 
 
 if __name__ == "__main__":

@@ -280,3 +280,19 @@ def test_space_separated_channels_are_joined():
                        "--out=o", "--nosave_maps"])
     assert opts.channels == (294, 23) and str(opts.out) == "o"
     assert opts.meth == "guided" and opts.mode == "RGB" and opts.cmap == "coolwarm"
+
+
+def test_inputs_and_weights_are_checked_before_jax_is_imported(workdir, cli_env):
+    """prepare() validates everything and reads the weights without JAX or Flax, so decoding
+    and the figure workers start while JAX is imported (cli.Pipeline)."""
+    code = (
+        "import sys; from jaxsal import cli\n"
+        "o = cli.parse_args(['dnn_saliency', '-net', 'AlexNet', '-layer', 'conv5', '-chn', '60',"
+        " '-stim', 'examples/examples.stim.csv', '-out', 'out'])\n"
+        "plan = cli.prepare(o)\n"
+        "print(sorted(m for m in ('jax', 'flax', 'matplotlib.pyplot') if m in sys.modules),"
+        " len(plan.stimuli.paths), plan.weights.has_fc)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "7", "False"]
