@@ -34,6 +34,7 @@ import os
 import pathlib
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -513,9 +514,10 @@ def print_ablation(rows: list[dict]) -> None:
 # The command, end to end
 
 
-def make_stimuli(folder: pathlib.Path, n: int) -> pathlib.Path:
+def make_stimuli(folder: pathlib.Path, n: int, size: tuple[int, int] | None = None) -> pathlib.Path:
     """`n` stimuli made from the bundled examples/ images (resized copies, so every file is
-    decoded and resized anew) and a .stim.csv listing them."""
+    decoded and resized anew: to `size`, or to 60-100 % of each photo's size, i.e. mixed sizes)
+    and a .stim.csv listing them."""
     from PIL import Image
 
     sources = sorted((REPO / "examples").glob("*.jpg"))
@@ -526,8 +528,11 @@ def make_stimuli(folder: pathlib.Path, n: int) -> pathlib.Path:
         src = sources[i % len(sources)]
         with Image.open(src) as im:
             im = im.convert("RGB")
-            scale = 0.6 + 0.4 * ((i // len(sources)) % 5) / 4
-            im = im.resize((max(32, int(im.width * scale)), max(32, int(im.height * scale))))
+            if size is None:
+                scale = 0.6 + 0.4 * ((i // len(sources)) % 5) / 4
+                im = im.resize((max(32, int(im.width * scale)), max(32, int(im.height * scale))))
+            else:
+                im = im.resize(size)
             name = f"stim{i:04d}_{src.stem}.jpg"
             im.save(folder / name, quality=90)
         rows.append(f"{name},{i % 1000 + 1}")
@@ -542,16 +547,23 @@ def _run_timed(cmd: list[str], env: dict, cwd: pathlib.Path) -> tuple[float, sub
     return time.perf_counter() - t, proc
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by finished child processes (and theirs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weights: str | None,
-              batch_size: int | None) -> dict:
-    """dnn_saliency on `n_images` stimuli x 2 channels with figures, cold then warm, in a fresh
-    JAXSAL_HOME (so the persistent compilation cache starts empty); plus start-up times and the
-    pure-compute time of the same maps in this process."""
+              batch_size: int | None, cli_repeats: int = 3, uniform: bool = False) -> dict:
+    """dnn_saliency on `n_images` stimuli x 2 channels with figures, cold then `cli_repeats`
+    times warm, in a fresh JAXSAL_HOME (so the persistent compilation cache starts empty); after
+    each run, the pure-compute time of the same maps in this process; plus start-up times.
+    `uniform`: every stimulus 500 x 375 (else the bundled photos at 5 scales, mixed sizes)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="jaxsal-bench-cli-"))
     try:
         stim_dir = work / "stim"
         stim_dir.mkdir()
-        csv = make_stimuli(stim_dir, n_images)
+        csv = make_stimuli(stim_dir, n_images, size=(500, 375) if uniform else None)
         env = dict(os.environ)
         env["JAXSAL_HOME"] = str(work / "home")
         env["TORCH_HOME"] = str(work / "torch_home")  # no stray torch hub weights
@@ -587,20 +599,10 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
             cmd += ["-weights", weights]
         if batch_size:
             cmd += ["-batch_size", str(batch_size)]
-        runs = []
-        for label in ("first (cold compilation cache)", "second (warm cache)"):
-            shutil.rmtree(work / "out", ignore_errors=True)
-            wall, p = _run_timed(cmd, env, work)
-            finished = len(re.findall(r"^Finish: ", p.stdout, re.M))
-            profile = [line for line in p.stderr.splitlines() if "profile" in line.lower()]
-            runs.append({"run": label, "wall_s": wall, "returncode": p.returncode,
-                         "finish_lines": finished, "profile": profile,
-                         "stderr_tail": p.stderr[-2000:] if p.returncode else ""})
-        result["runs"] = runs
-        cache = work / "home" / "xla"
-        result["compilation_cache_entries"] = len(list(cache.iterdir())) if cache.is_dir() else 0
 
-        # Pure compute of the same maps (same batch size as the command's default), in-process.
+        # Pure compute of the same maps at the command's batch size, in this process: its
+        # jitted core on decoded inputs, steady state, (images / batch) batches.
+        compute = None
         if setup is not None:
             from jaxsal.saliency import compiled_saliency
 
@@ -609,10 +611,42 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
             imgs = setup.images[:bs] if len(setup.images) >= bs else photo_like_images(bs, 7)
             call = jax_caller(fn, setup.params, imgs, np.asarray(CHANNELS, np.int32) - 1)
             call()
-            steady = statistics.median(round_robin({"c": call}, 3)["c"])
             n_batches = -(-n_images // bs)
-            result["pure_compute_s"] = steady * n_batches
             result["pure_compute_batch_size"] = bs
+
+            def compute():
+                cpu, t = time.process_time(), time.perf_counter()
+                for _ in range(n_batches):
+                    call()
+                return time.perf_counter() - t, time.process_time() - cpu
+
+        # A cold run (empty compilation cache), then warm runs, each followed by the pure
+        # compute, so that every ratio compares neighbours in time on this noisy machine.
+        runs, computes = [], []
+        labels = ["first (cold compilation cache)"] + [f"warm #{i + 1}" for i in range(cli_repeats)]
+        for label in labels:
+            shutil.rmtree(work / "out", ignore_errors=True)
+            cpu = _children_cpu_s()
+            wall, p = _run_timed(cmd, env, work)
+            finished = len(re.findall(r"^Finish: ", p.stdout, re.M))
+            profile = [line for line in p.stderr.splitlines() if "profile" in line.lower()]
+            runs.append({"run": label, "wall_s": wall, "cpu_s": _children_cpu_s() - cpu,
+                         "returncode": p.returncode, "finish_lines": finished, "profile": profile,
+                         "stderr_tail": p.stderr[-2000:] if p.returncode else ""})
+            if compute is not None:
+                wall_c, cpu_c = compute()
+                computes.append({"wall_s": wall_c, "cpu_s": cpu_c})
+        result["runs"] = runs
+        cache = work / "home" / "xla"
+        result["compilation_cache_entries"] = len(list(cache.iterdir())) if cache.is_dir() else 0
+        if computes:
+            result["pure_compute"] = computes
+            result["pure_compute_s"] = statistics.median(c["wall_s"] for c in computes)
+            warm = [(r, c) for r, c in zip(runs[1:], computes[1:]) if r["returncode"] == 0]
+            if warm:
+                result["ratio_cli_vs_compute_warm"] = statistics.median(
+                    r["wall_s"] / c["wall_s"] for r, c in warm)
+                result["ratio_cli_vs_compute_cold"] = runs[0]["wall_s"] / computes[0]["wall_s"]
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -633,17 +667,25 @@ def _command_batch_size(n_images: int, layer: str, requested: int | None) -> int
 def print_cli(r: dict) -> None:
     print()
     print(f"End-to-end dnn_saliency: {r['images']} stimuli x {r['channels']} channels, {r['layer']} "
-          f"{r['method']}, figures to -out")
-    for run in r["runs"]:
+          f"{r['method']}, figures to -out; after each run, the pure compute of the same maps "
+          f"(jitted core, batch {r.get('pure_compute_batch_size', '?')}, steady state)")
+    computes = r.get("pure_compute", [])
+    for i, run in enumerate(r["runs"]):
         status = "ok" if run["returncode"] == 0 else f"FAILED rc={run['returncode']}"
-        print(f"  {run['run']:32} {run['wall_s']:7.1f} s  ({run['finish_lines']} Finish lines, {status})")
-        for line in run["profile"]:
-            print(f"      {line}")
+        line = (f"  {run['run']:32} {run['wall_s']:6.1f} s wall {run['cpu_s']:6.1f} s CPU "
+                f"({run['finish_lines']} Finish lines, {status})")
+        if i < len(computes):
+            c = computes[i]
+            line += (f" | compute {c['wall_s']:5.1f} s wall {c['cpu_s']:5.1f} s CPU | "
+                     f"ratio {run['wall_s'] / c['wall_s']:.2f}")
+        print(line)
+        for prof in run["profile"]:
+            print(f"      {prof}")
         if run["returncode"]:
             print("      " + run["stderr_tail"].replace("\n", "\n      "))
-    if "pure_compute_s" in r:
-        print(f"  pure compute of the same maps (jitted core, batch {r['pure_compute_batch_size']}, "
-              f"steady state):    {r['pure_compute_s']:7.1f} s")
+    if "ratio_cli_vs_compute_warm" in r:
+        print(f"  CLI / pure compute: {r['ratio_cli_vs_compute_cold']:.2f} cold, "
+              f"{r['ratio_cli_vs_compute_warm']:.2f} warm (median of paired runs)")
     print(f"  persistent compilation cache entries after the runs: {r['compilation_cache_entries']}")
     print(f"  start-up: python {r['python_startup_s']:.2f} s, `import jaxsal.cli` "
           f"{_fmt(r['import_cli_s'])}, `dnn_saliency -help` {_fmt(r['help_s'])}, "
@@ -680,6 +722,9 @@ def parse_args(argv=None):
     ap.add_argument("--cli-method", default="guided")
     ap.add_argument("--cli-weights", default=None, help="-weights for the command (needed for fc layers)")
     ap.add_argument("--cli-batch-size", type=int, default=None)
+    ap.add_argument("--cli-repeats", type=int, default=3, help="warm runs after the cold one")
+    ap.add_argument("--cli-stimuli", choices=("mixed", "uniform"), default="mixed",
+                    help="mixed: the bundled photos at 5 scales; uniform: all 500 x 375")
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     ap.add_argument("--quick", action="store_true",
                     help="fc3 and conv5 guided at N=6, 2 repeats, small precision table: a minute or two")
@@ -758,7 +803,8 @@ def main(argv=None) -> dict:
     if args.cli or args.cli_only:
         log(f"# dnn_saliency end to end, {args.cli_images} stimuli ...")
         report["cli"] = bench_cli(setup, args.cli_images, args.cli_layer, args.cli_method,
-                                  args.cli_weights, args.cli_batch_size)
+                                  args.cli_weights, args.cli_batch_size, args.cli_repeats,
+                                  args.cli_stimuli == "uniform")
         if not quiet:
             print_cli(report["cli"])
     report["summary"] = summarize(report)
@@ -774,6 +820,10 @@ def summarize(report: dict) -> dict:
         out[key] = {"jax_vs_torch": round(c["ratio_jax_vs_torch"], 3),
                     "jax_vs_orig": round(c["ratio_jax_vs_orig"], 2),
                     "jax_maps_per_s": round(c["maps_per_s"]["jax"], 2)}
+    cli = report.get("cli", {})
+    if "ratio_cli_vs_compute_warm" in cli:
+        out["cli_vs_pure_compute"] = {"cold": round(cli["ratio_cli_vs_compute_cold"], 2),
+                                      "warm": round(cli["ratio_cli_vs_compute_warm"], 2)}
     return out
 
 
