@@ -513,9 +513,10 @@ def _worker_init() -> None:
 
 
 def default_render_workers() -> int:
-    """One figure worker per core, at most 4: figures are drawn while the device computes, and
-    after the last batch every core is free for the figures still to draw."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """One figure worker per core, at most 8 (~100 MB each). Workers run at low priority: on a
+    CPU they draw with what the device's threads leave over, and after the last batch every
+    core is free for the figures still to draw; next to a GPU, drawing is the bottleneck."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def warm_up(n_rows: int, n_cols: int) -> None:
