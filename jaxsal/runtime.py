@@ -15,7 +15,9 @@ from collections.abc import Mapping, MutableMapping
 # 1.1-2.8x slower than Eigen's on AlexNet's layers; saliency maps got 15-40 % faster with equal
 # results (BENCHMARKS.md). The flag is experimental: XLA aborts the whole process on a flag it
 # does not know, and its effect may change between releases, so it is added only for the jaxlib
-# versions below, on which it was measured and the parity tests passed.
+# versions below, on which it was measured and the parity tests passed. In float64 (x64 mode,
+# API only: the CLI computes in float32) the flag is a loss: Eigen's float64 convolutions measured
+# ~20x slower than the default's (2 vs 50 GFLOP/s on conv2); set JAXSAL_XLA_TUNING=0 for that.
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 EIGEN_CONV_VERIFIED_JAXLIB = frozenset({"0.10.2"})
 
