@@ -381,6 +381,92 @@ def bench_precisions(setup: Setup, layer: str, method: str, batch: int, repeats:
     return rows
 
 
+@contextlib.contextmanager
+def torch_precision(precision: str, device):
+    """PyTorch's nearest equivalent of a jaxsal precision: highest = float32 with TF32 off,
+    default = TF32 allowed (what 'default' lets XLA do on NVIDIA GPUs), bfloat16 = autocast."""
+    import torch
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "default"
+    try:
+        if precision == "bfloat16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def bench_accelerator(setup: Setup, layer: str, method: str, batch: int, repeats: int,
+                      torch_device: str) -> list[dict]:
+    """Issue 4 section 5: jaxsal's core on JAX's default device (a GPU when there is one) against
+    PyTorch batched (b) on `torch_device`, at each precision, at batch `batch`."""
+    import jax
+    import torch
+
+    import torch_baselines
+    from jaxsal.saliency import PRECISIONS, compiled_saliency
+
+    device = torch.device(torch_device)
+    ch0 = np.asarray(CHANNELS, np.int32) - 1
+    images = setup.images[np.arange(batch) % len(setup.images)]
+    x_torch = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+    net = torch_baselines.build(setup.torch_state, method).to(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    rows, outs = [], {}
+    for p in PRECISIONS:
+        fn = compiled_saliency(setup.spec, layer, method, p)
+        call = jax_caller(fn, setup.params, images, ch0)
+        t = time.perf_counter()
+        call()
+        first = time.perf_counter() - t
+        outs[p] = np.asarray(fn(setup.params, images, ch0))
+
+        def torch_call(p=p):
+            with torch_precision(p, device):
+                torch_baselines.done_well(net, x_torch, layer, list(CHANNELS), as_numpy=False)
+            sync()
+
+        with torch_precision(p, device):
+            ref = torch_baselines.done_well(net, x_torch, layer, list(CHANNELS))
+        parity = relative_errors(outs[p], ref)
+        times = round_robin({"jax": call, "torch": torch_call}, repeats, warmup=True)
+        err = relative_errors(outs[p], outs["highest"])
+        steady = statistics.median(times["jax"])
+        rows.append({"layer": layer, "method": method, "batch": batch, "precision": p,
+                     "jax_device": str(jax.devices()[0]), "torch_device": str(device),
+                     "jax_maps_per_s": batch * len(CHANNELS) / steady,
+                     "torch_maps_per_s": batch * len(CHANNELS) / statistics.median(times["torch"]),
+                     "ratio_jax_vs_torch": paired_speedup(times, "jax", "torch"),
+                     "jax_compile_s": max(first - steady, 0.0),
+                     "median_rel_err_vs_highest": float(np.median(err)),
+                     "max_rel_err_vs_highest": float(err.max()),
+                     "median_rel_err_vs_torch_same_precision": float(np.median(parity))})
+    return rows
+
+
+def print_accelerator(rows: list[dict]) -> None:
+    print()
+    print(f"Accelerator rows: jaxsal on {rows[0]['jax_device']}, PyTorch (b) on {rows[0]['torch_device']}; "
+          "maps/s, steady state; median relative error of jaxsal's maps against its 'highest' and "
+          "against PyTorch at the same precision")
+    head = (f"{'layer':6} {'method':8} {'N':>5} {'precision':9} | {'jax':>9} {'torch':>9} {'jax/torch':>9} | "
+            f"{'compile s':>9} | {'median err':>10} {'max err':>9} {'vs torch':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['layer']:6} {r['method']:8} {r['batch']:>5} {r['precision']:9} | {r['jax_maps_per_s']:>9.1f} "
+              f"{r['torch_maps_per_s']:>9.1f} {r['ratio_jax_vs_torch']:>9.2f} | {r['jax_compile_s']:>9.1f} | "
+              f"{r['median_rel_err_vs_highest']:>10.1e} {r['max_rel_err_vs_highest']:>9.1e} "
+              f"{r['median_rel_err_vs_torch_same_precision']:>9.1e}")
+
+
 def print_precisions(rows: list[dict]) -> None:
     print()
     print("Precision: speed and relative L2 error of each map against 'highest' (median / max over maps)")
@@ -725,6 +811,11 @@ def parse_args(argv=None):
     ap.add_argument("--cli-repeats", type=int, default=3, help="warm runs after the cold one")
     ap.add_argument("--cli-stimuli", choices=("mixed", "uniform"), default="mixed",
                     help="mixed: the bundled photos at 5 scales; uniform: all 500 x 375")
+    ap.add_argument("--accelerator-rows", action="store_true",
+                    help="only the accelerator rows: --layers x --methods x --accel-batches x each "
+                         "precision, jaxsal on JAX's default device vs PyTorch (b) on --torch-device")
+    ap.add_argument("--accel-batches", default="256,1024", help="batch sizes of the accelerator rows")
+    ap.add_argument("--torch-device", default="cuda", help="PyTorch device of the accelerator rows")
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     ap.add_argument("--quick", action="store_true",
                     help="fc3 and conv5 guided at N=6, 2 repeats, small precision table: a minute or two")
@@ -754,6 +845,8 @@ def main(argv=None) -> dict:
     precision_cases = _cases(args.precision_cases)
     ablate_cases = _cases(args.ablate) if args.ablate else []
     n_max = max(batches + [b for _, _, b in precision_cases + ablate_cases] + [1])
+    if args.accelerator_rows:
+        n_max = 64  # images are reused cyclically up to each batch size
 
     report = {"machine": machine_info(), "versions": versions(),
               "jaxsal_xla_flags_added": ADDED_FLAGS, "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}
@@ -763,7 +856,7 @@ def main(argv=None) -> dict:
     log(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores; " + ", ".join(
         f"{k} {v}" for k, v in report["versions"].items()))
     setup = make_setup(n_max) if not args.cli_only else make_setup(max(64, 1))
-    if not args.no_peak and not args.cli_only:
+    if not args.no_peak and not args.cli_only and not args.accelerator_rows:
         report["peak"] = measure_peak()
         log(f"# matmul peak (2048^3 float32, best of 7): jax {report['peak']['jax']['best_gflops']:.0f} GFLOP/s, "
             f"torch {report['peak']['torch']['best_gflops']:.0f} GFLOP/s")
@@ -774,7 +867,18 @@ def main(argv=None) -> dict:
             f"{len(CHANNELS)} channels: {f['standard_gflop_per_map']:.3f} GFLOP/map "
             f"(jaxsal executes {f['executed_gflop_per_map']:.3f})")
 
-    if ablate_cases:
+    if args.accelerator_rows:
+        rows = []
+        for batch in [int(b) for b in args.accel_batches.split(",") if b]:
+            for layer in layers:
+                for method in methods:
+                    log(f"# accelerator {layer} {method} N={batch} ...")
+                    rows += bench_accelerator(setup, layer, method, batch, args.repeats,
+                                              args.torch_device)
+        report["accelerator"] = rows
+        if not quiet:
+            print_accelerator(rows)
+    elif ablate_cases:
         rows = []
         for layer, method, batch in ablate_cases:
             log(f"# ablation {layer} {method} N={batch} ...")

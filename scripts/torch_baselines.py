@@ -160,12 +160,14 @@ def original_way(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) 
         handle.remove()
 
 
-def done_well(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) -> np.ndarray:
-    """One forward per batch stopped at the target layer, one autograd.grad per channel."""
+def done_well(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels, as_numpy: bool = True):
+    """One forward per batch stopped at the target layer, one autograd.grad per channel.
+    Returns (K, N, 3, H, W) as numpy, or as a tensor on the images' device (`as_numpy=False`)."""
     x = images_nchw.detach().requires_grad_(True)
     a = net.forward_to(x, layer)
     maps = []
     for k, c in enumerate(channels):
         (g,) = torch.autograd.grad(_target(a, c).sum(), x, retain_graph=k < len(channels) - 1)
-        maps.append(g.numpy())
-    return np.stack(maps)
+        maps.append(g)
+    out = torch.stack(maps)
+    return out.cpu().numpy() if as_numpy else out

@@ -59,3 +59,21 @@ def test_tiny_run_prints_parsable_json():
     assert case["parity_vs_torch"]["median_rel_err"] < 1e-4
     assert [p["precision"] for p in report["precision"]] == ["highest", "default", "bfloat16"]
     assert "conv1/guided/N=1" in report["summary"]
+
+
+@pytest.mark.slow
+def test_accelerator_rows_run_on_cpu_and_print_json():
+    """The GPU check's code path (scripts/gpu_check.sh), exercised on the CPU: every precision,
+    jaxsal against PyTorch at the same precision."""
+    pytest.importorskip("torch")
+    cmd = [sys.executable, str(SCRIPT), "--accelerator-rows", "--torch-device", "cpu",
+           "--layers", "conv1", "--methods", "guided", "--accel-batches", "2", "--repeats", "1",
+           "--json-only"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+    rows = json.loads(line[len("BENCH_JSON "):])["accelerator"]
+    assert [r["precision"] for r in rows] == ["highest", "default", "bfloat16"]
+    assert all(r["batch"] == 2 and r["torch_device"] == "cpu" for r in rows)
+    assert rows[0]["median_rel_err_vs_torch_same_precision"] < 1e-5
+    assert rows[0]["max_rel_err_vs_highest"] == 0.0
