@@ -228,7 +228,9 @@ def smoothgrad(fn, n: int, noise: float, seed: int, images, inner: int = 1):
 # Grad-CAM
 
 
-def _setup_precision(precision: str, params, images):
+def setup_precision(precision: str, params, images):
+    """(params, images, XLA precision) for a jaxsal precision: bfloat16 casts the params and the
+    images and lets XLA use its default precision; highest/default only pick the precision."""
     if precision == "bfloat16":
         params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params)
         return params, images.astype(jnp.bfloat16), lax.Precision.DEFAULT
@@ -249,7 +251,7 @@ def cam_maps(spec, layer: str, method: Method, precision: str, params, images, c
 
     out_dtype = images.dtype
     size = images.shape[1]
-    params, images, xla = _setup_precision(precision, params, images)
+    params, images, xla = setup_precision(precision, params, images)
     variables = {"params": params}
     guided = method.name == "guided_gradcam"
     lower = spec.build(stop_at=method.cam_layer, act=ACTIVATIONS[method.rule], precision=xla)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsal.errors import UsageError
-from jaxsal.attribution import deconv_relu, method_maps
+from jaxsal.attribution import deconv_relu, method_maps, setup_precision
 from jaxsal.methods import METHOD_NAMES, Method, as_method, resolve
 from jaxsal.models import LayerInfo, NetSpec, get_net_spec
 
@@ -95,12 +95,7 @@ def saliency_maps(spec: NetSpec, layer: str, method: str, precision: str, params
     """
     info = spec.layer(layer)
     out_dtype = images.dtype
-    if precision == "bfloat16":
-        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params)
-        images = images.astype(jnp.bfloat16)
-        xla_precision = jax.lax.Precision.DEFAULT
-    else:
-        xla_precision = jax.lax.Precision.HIGHEST if precision == "highest" else jax.lax.Precision.DEFAULT
+    params, images, xla_precision = setup_precision(precision, params, images)
     act = ACTIVATIONS[method]
 
     def apply(**where):
