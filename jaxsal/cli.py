@@ -23,6 +23,7 @@ from absl import flags
 from jaxsal.errors import UsageError
 from jaxsal.method_flags import FLAG_NAMES as METHOD_FLAGS
 from jaxsal.method_flags import METHOD_HELP, define_method_flags, method_from_flags
+from jaxsal.method_flags import SYNOPSIS as METHOD_SYNOPSIS
 from jaxsal.methods import resolve
 
 PROG = "dnn_saliency"
@@ -34,8 +35,7 @@ usage: {PROG} [-h] -net Net -layer Layer -chn Channel [Channel ...]
                     [-vmin Vmin] [-vmax Vmax] [-show] [-out Output]
                     [-weights Weights] [-save_maps] [-batch_size N]
                     [-precision Precision] [-profile]
-                    [-smooth N] [-noise Noise] [-seed Seed] [-baseline Baseline]
-                    [-ig_steps M] [-ig_rule Rule] [-cam_layer Layer] [-overlay]
+                    {METHOD_SYNOPSIS}
                     [-coordinator_address Host:Port -num_processes N -process_id I]
 
 Find the saliency parts of an image that contributes to the activation of the specified channel.
@@ -283,14 +283,14 @@ class Pipeline:
 
     DECODE_AHEAD = 128  # stimuli decoded ahead of the device: two CPU batches
 
-    def __init__(self, plan: Plan, cluster=None):
-        from jaxsal import distributed, render
+    def __init__(self, plan: Plan):
+        from jaxsal import render
 
-        cluster = cluster or distributed.Cluster()
         self.plan = plan
         all_slices = render.figure_slices(len(plan.stimuli.paths))
         # (global figure number k, global stimulus indices) of the figures this process draws
-        self.figures = [(k + 1, all_slices[k]) for k in cluster.my_figures(len(all_slices))]
+        shares = plan.options.cluster.my_figures(len(all_slices))
+        self.figures = [(k + 1, all_slices[k]) for k in shares]
         self.mine = [i for _, cols in self.figures for i in cols]
         self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
         self._decoding = [self._submit(i) for i in self.mine[: self.DECODE_AHEAD]]
@@ -391,11 +391,11 @@ def render_timed(job) -> tuple[str, float]:
     return path, time.perf_counter() - t
 
 
-def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings, cluster=None) -> None:
+def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
     """Compute, render and save; `Finish: i/n` after each figure, in order.
 
-    With a multi-process `cluster`, this process does only its share of the figures (see
-    `jaxsal.distributed`) and process 0 merges the saved maps at the end.
+    In a multi-process run (`-num_processes`), this process does only its share of the figures
+    (see `jaxsal.distributed`) and process 0 merges the saved maps at the end.
     """
     from jaxsal import distributed, render
     from jaxsal.maps_io import MapWriter, map_file_meta
@@ -403,7 +403,7 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings, cluster=None)
     from jaxsal.runner import iter_saliency
 
     o, stimuli = plan.options, plan.stimuli
-    cluster = cluster or distributed.Cluster()
+    cluster = o.cluster
     spec = net.spec
     n = len(stimuli.paths)
     figures, mine, pool = pipeline.figures, pipeline.mine, pipeline.pool
@@ -547,14 +547,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         global _MULTI_PROCESS
         _MULTI_PROCESS = options.cluster.is_multi
         plan = prepare(options)
-        with Pipeline(plan, options.cluster) as pipeline:
+        with Pipeline(plan) as pipeline:
             net = load_net(plan)
             from jaxsal.runtime import enable_compilation_cache
             from jaxsal.weights import cache_dir
 
             enable_compilation_cache(cache_dir() / "xla")
             timings.setup = time.perf_counter() - start
-            execute(plan, net, pipeline, timings, options.cluster)
+            execute(plan, net, pipeline, timings)
     except _Help as h:
         print(str(h), end="")
         return 0
