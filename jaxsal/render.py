@@ -428,20 +428,17 @@ def render_figure(job: FigureJob) -> str:
       same Agg artists, in the same order, as a full draw.
     """
     shape = (len(job.rows) + 1, len(job.stimuli))
+    key = layout_key(job)
     canvas = _CANVASES.get(shape)
     if canvas is None:
-        canvas = _CANVASES[shape] = _Canvas(build_figure(job), None, None)
-        key = None
+        canvas = _CANVASES[shape] = _Canvas(build_figure(job))
+    elif canvas.key != key:
+        draw_figure(canvas.fig, job)
     else:
-        key = layout_key(job)
+        _set_image_data(canvas.fig, job)
     fig = canvas.fig
-    if key is None or key != canvas.key:
-        if key is not None:
-            draw_figure(fig, job)
-        canvas.key = layout_key(job)
-        canvas.background = _draw_background(fig)
-    else:
-        _set_image_data(fig, job)
+    if canvas.key != key:
+        canvas.key, canvas.background = key, _draw_background(fig)
     fig.canvas.restore_region(canvas.background)
     for ax in fig.axes:
         for image in ax.images:
@@ -453,9 +450,9 @@ def render_figure(job: FigureJob) -> str:
 
 @dataclasses.dataclass
 class _Canvas:
-    fig: object  # a Figure of one grid shape, laid out for `key`
-    key: tuple | None
-    background: object  # its bitmap without images and frames (FigureCanvasAgg.copy_from_bbox)
+    fig: object  # a Figure of one grid shape, laid out for `key` (None: not laid out yet)
+    key: tuple | None = None
+    background: object = None  # its bitmap without images and frames (copy_from_bbox)
 
 
 _CANVASES: dict[tuple[int, int], _Canvas] = {}  # per process
@@ -531,7 +528,7 @@ def warm_up(n_rows: int, n_cols: int) -> None:
         FigureCanvasAgg(fig)
         _grid_axes(fig, n_rows, n_cols)
         fig.canvas.draw()
-        _CANVASES[(n_rows, n_cols)] = _Canvas(fig, ("warm-up",), None)
+        _CANVASES[(n_rows, n_cols)] = _Canvas(fig)
 
 
 def render_pool(max_workers: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
