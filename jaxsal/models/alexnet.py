@@ -7,8 +7,6 @@ module itself is in `jaxsal.models.alexnet_flax`, imported by `build`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import numpy as np
 
 from jaxsal.models import LayerInfo, NetSpec, WeightSource
@@ -110,15 +108,12 @@ def from_torchvision(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def build(stop_at: str = "fc3", act: Callable | None = None, precision: Any = None,
-          start_at: str | None = None):
-    """The Flax module (see `jaxsal.models.alexnet_flax.AlexNet`); act defaults to the ReLU,
-    precision to HIGHEST."""
+def build(stop_at: str = "fc3", **options):
+    """The Flax module `jaxsal.models.alexnet_flax.AlexNet(stop_at=..., **options)`; options:
+    act (default the ReLU), precision (default HIGHEST), start_at."""
     from jaxsal.models import alexnet_flax
 
-    return alexnet_flax.AlexNet(stop_at=stop_at, start_at=start_at,
-                                **({"act": act} if act is not None else {}),
-                                **({"precision": precision} if precision is not None else {}))
+    return alexnet_flax.AlexNet(stop_at=stop_at, **options)
 
 
 SPEC = NetSpec(
