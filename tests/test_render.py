@@ -376,6 +376,23 @@ def test_process_pool_matches_in_process_and_does_not_import_jax(tmp_path):
     assert loaded == ["jaxsal.render"], loaded  # no JAX, no pyplot in the workers
 
 
+def test_pool_workers_exit_cleanly_after_their_figures_are_written(tmp_path):
+    """Workers skip the interpreter's teardown at exit (render._exit_now); every figure must be
+    complete on disk when its result arrives, and the workers must still exit with status 0."""
+    jobs = [dataclasses.replace(_job(tmp_path, 6, (294, 23), seed=s),
+                                out_path=str(tmp_path / f"exit{s}.jpg")) for s in range(3)]
+    pool = render.render_pool(max_workers=2)
+    paths = list(pool.map(render_figure, jobs))
+    processes = list(pool._processes.values())
+    pool.shutdown(wait=True)
+    assert [p.exitcode for p in processes] == [0] * len(processes)
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"  # a whole JPEG
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
+
+
 def test_show_figure_headless_returns_false(tmp_path, monkeypatch):
     monkeypatch.setattr(render.sys, "platform", "linux")
     monkeypatch.delenv("DISPLAY", raising=False)
