@@ -292,6 +292,9 @@ class Pipeline:
         shares = plan.options.cluster.my_figures(len(all_slices))
         self.figures = [(k + 1, all_slices[k]) for k in shares]
         self.mine = [i for _, cols in self.figures for i in cols]
+        n_rows = 1 + len(plan.options.channels)
+        # The grid each stimulus is drawn in, for display_copy.
+        self.grids = {i: (n_rows, len(cols)) for _, cols in self.figures for i in cols}
         self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
         self._decoding = [self._submit(i) for i in self.mine[: self.DECODE_AHEAD]]
         self.pool = None
@@ -303,16 +306,18 @@ class Pipeline:
                 self.pool.submit(render.warm_up, *grid)
 
     def _submit(self, i: int):
-        return self.decoder.submit(_decode, self.plan.stimuli.paths[i], self.plan.spec)
+        return self.decoder.submit(_decode, self.plan.stimuli.paths[i], self.plan.spec,
+                                   self.grids[i])
 
     def decoded(self):
-        """(stimulus index, native RGB array, network input, decode seconds), in `mine` order."""
+        """(stimulus index, (display array, native size), network input, decode seconds), in
+        `mine` order."""
         for pos, i in enumerate(self.mine):
-            native, x, secs = self._decoding[pos].result()
+            shown, x, secs = self._decoding[pos].result()
             self._decoding[pos] = None
             if len(self._decoding) < len(self.mine):
                 self._decoding.append(self._submit(self.mine[len(self._decoding)]))
-            yield i, native, x, secs
+            yield i, shown, x, secs
 
     def close(self) -> None:
         self.decoder.shutdown(wait=False, cancel_futures=True)
@@ -369,17 +374,18 @@ class Timings:
                 f"maps write {self.write:.2f}s")
 
 
-def _decode(path: pathlib.Path, spec) -> tuple:
-    """One stimulus: (native RGB uint8 array for the figure, normalized network input, seconds)."""
-    import numpy as np
-
+def _decode(path: pathlib.Path, spec, grid: tuple[int, int]) -> tuple:
+    """One stimulus: ((uint8 RGB array for its figure, native (H, W)), normalized network
+    input, seconds). The figure's array is `render.display_copy` for a figure of `grid`
+    (rows, columns): a large photo is kept only at the size its figure can show."""
+    from jaxsal.render import display_copy
     from jaxsal.stimuli import load_image, to_network_input
 
     t = time.perf_counter()
     image = load_image(path)
-    native = np.asarray(image)
+    shown = display_copy(image, *grid)
     x = to_network_input(image, spec.input_size, spec.mean, spec.std)
-    return native, x, time.perf_counter() - t
+    return shown, x, time.perf_counter() - t
 
 
 def render_timed(job) -> tuple[str, float]:
@@ -421,14 +427,14 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
         else:
             writer = MapWriter(final_maps, shape, meta)
 
-    natives: dict[int, object] = {}
+    shown: dict[int, tuple] = {}  # stimulus -> (array for its figure, native size)
     underlays: dict[int, object] = {}  # -overlay: the 224x224 picture the network saw
     can_show = None
     try:
         def inputs():
-            for i, native, x, secs in pipeline.decoded():
+            for i, stimulus, x, secs in pipeline.decoded():
                 timings.decode += secs
-                natives[i] = native
+                shown[i] = stimulus
                 if o.overlay:
                     underlays[i] = render.network_image(x, spec.mean, spec.std)
                 yield x
@@ -471,9 +477,11 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
             # Hand every figure whose stimuli are all computed to the renderer.
             while next_figure < len(figures) and all(i in displays for i in figures[next_figure][1]):
                 k, cols = figures[next_figure]
+                columns = [shown.pop(i) for i in cols]
                 job = render.FigureJob(
                     out_path=os.fspath(render.figure_path(o.out, o.net, o.layer, k)) if o.out else "",
-                    stimuli=[natives.pop(i) for i in cols],
+                    stimuli=[array for array, _ in columns],
+                    stimulus_sizes=[size for _, size in columns],
                     rows=[(render.channel_label(ch), [displays[i][c] for i in cols])
                           for c, ch in enumerate(o.channels)],
                     cmap=o.cmap, vmin=o.vmin, vmax=o.vmax,

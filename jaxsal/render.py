@@ -39,6 +39,8 @@ __all__ = [
     "channel_label",
     "check_cmap",
     "default_render_workers",
+    "display_copy",
+    "display_reduction",
     "draw_figure",
     "figure_path",
     "figure_slices",
@@ -197,7 +199,7 @@ class FigureJob:
       out_path: the JPEG file to write (see :func:`figure_path`).
       stimuli: the stimuli of this figure, one column each (at most 6): uint8 RGB (H, W, 3) at
         native size, as :func:`jaxsal.stimuli.load_image` gives them (a 2-D gray array is
-        drawn gray, never colour-mapped).
+        drawn gray, never colour-mapped), or their :func:`display_copy`.
       rows: one ``(label, maps)`` per requested channel, in the order given: label as
         :func:`channel_label` gives it, maps the uint8 outputs of :func:`to_display`, one per
         stimulus ((H, W, 3) RGB or (H, W) gray).
@@ -207,6 +209,9 @@ class FigureJob:
       underlays: optional, one uint8 RGB image per stimulus (the network input, see
         :func:`network_image`); each map is then drawn over its stimulus's underlay with
         opacity ``alpha`` (``-overlay``).
+      stimulus_sizes: optional, the native (H, W) of each stimulus where ``stimuli`` hold
+        smaller display copies: each is then drawn over its native extent, so the figure is
+        laid out exactly as with the native image.
     """
 
     out_path: str
@@ -217,6 +222,50 @@ class FigureJob:
     vmax: float | None = None
     underlays: Sequence[np.ndarray] | None = None
     alpha: float = 0.5
+    stimulus_sizes: Sequence[tuple[int, int]] | None = None
+
+
+DISPLAY_OVERSAMPLING = 3
+
+
+def display_reduction(size: tuple[int, int], n_rows: int, n_cols: int) -> int:
+    """The whole factor by which a stimulus of native (H, W) ``size`` can be shrunk before it is
+    drawn in an (n_rows, n_cols) grid and still keep at least DISPLAY_OVERSAMPLING source
+    pixels per figure pixel it covers (its cell is at most 1/n_cols of the figure's width and
+    1/n_rows of its height). 1 for stimuli of ordinary size."""
+    height, width = size
+    cell_w = FIGURE_SIZE_IN[0] * FIGURE_DPI / n_cols
+    cell_h = FIGURE_SIZE_IN[1] * FIGURE_DPI / n_rows
+    shown_per_source = min(cell_w / width, cell_h / height)
+    return max(1, int(1.0 / (DISPLAY_OVERSAMPLING * shown_per_source)))
+
+
+def display_copy(image, n_rows: int, n_cols: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 array to draw, native (H, W)) for a stimulus (a PIL image) in an (n_rows, n_cols)
+    figure: the image itself, or -- when it is several times larger than anything its cell
+    can show -- a box-filtered reduction by :func:`display_reduction`'s factor.
+
+    A camera photo (say 4000 x 3000) is shown about 160 px wide. matplotlib would convert all
+    its pixels to float64 RGBA and resample them for each figure (about 0.3 s and 400 MB per
+    image), and the run would keep every decoded photo in memory until its figure is drawn.
+    The copy is drawn over the native extent (``FigureJob.stimulus_sizes``), so the layout is
+    the same; its pixels differ from a direct draw only by the pre-filtering, which matplotlib's
+    resampling of the full image lacks (it aliases fine detail at such reductions)."""
+    width, height = image.size
+    factor = display_reduction((height, width), n_rows, n_cols)
+    shown = image.reduce(factor) if factor > 1 else image
+    return np.asarray(shown), (height, width)
+
+
+def _stimulus_extent(job: FigureJob, c: int) -> tuple[float, float, float, float] | None:
+    """imshow's extent for stimulus ``c``: its native one when the job holds a smaller copy,
+    else None (imshow's default, the same numbers for a native image)."""
+    if job.stimulus_sizes is None:
+        return None
+    height, width = job.stimulus_sizes[c]
+    if np.shape(job.stimuli[c])[:2] == (height, width):
+        return None
+    return (-0.5, width - 0.5, height - 0.5, -0.5)
 
 
 def _stimulus_rgb(image: np.ndarray) -> np.ndarray:
@@ -255,8 +304,10 @@ def draw_figure(fig, job: FigureJob) -> None:
             overlay = len(images) == 2
             if overlay:
                 ax.imshow(images[0], aspect="equal")
+            extent = _stimulus_extent(job, c) if r == 0 else None
             ax.imshow(images[-1], cmap=job.cmap, vmin=job.vmin, vmax=job.vmax, aspect="equal",
-                      alpha=job.alpha if overlay else None)
+                      alpha=job.alpha if overlay else None,
+                      **({} if extent is None else {"extent": extent}))
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label)
@@ -278,8 +329,12 @@ def _grid_images(job: FigureJob) -> list[tuple[str, list[list[np.ndarray]]]]:
 def layout_key(job: FigureJob) -> tuple:
     """Everything that places the figure's axes and frames, or styles its images, but not the
     pixels: figures with equal keys differ only in their images' data."""
-    shapes = tuple(np.shape(image) for _, cells in _grid_images(job) for images in cells
-                   for image in images)
+    shapes = [np.shape(image) for _, cells in _grid_images(job) for images in cells
+              for image in images]
+    if job.stimulus_sizes is not None:  # the stimuli come first; a copy is laid out as native
+        shapes[: len(job.stimuli)] = [tuple(size) + shape[2:] for size, shape
+                                      in zip(job.stimulus_sizes, shapes)]
+    shapes = tuple(shapes)
     return (len(job.rows) + 1, len(job.stimuli), ("stim",) + tuple(l for l, _ in job.rows),
             shapes, job.cmap, job.vmin, job.vmax, job.alpha if job.underlays is not None else None)
 
@@ -326,7 +381,8 @@ def _remembered_tight_bboxes(fig):
     memo = fig.__dict__.setdefault("_jaxsal_tight_bboxes", {})
     patched = []
     for (r, c), ax in np.ndenumerate(fig._jaxsal_grid):
-        key = (r, c, ax.get_ylabel(), tuple(np.shape(im.get_array()) for im in ax.images))
+        key = (r, c, ax.get_ylabel(),
+               tuple((np.shape(im.get_array()), tuple(im.get_extent())) for im in ax.images))
 
         def measured(*args, _ax=ax, _key=key, **kwargs):
             full_key = (_key, len(args), tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))

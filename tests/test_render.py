@@ -485,3 +485,74 @@ def test_warmed_up_worker_draws_the_plain_figure(tmp_path):
                               out_path=str(tmp_path / "warm.jpg"))
     render_figure(job)
     assert (tmp_path / "warm.jpg").read_bytes() == _reference_jpeg(job)
+
+
+# --------------------------------------------------------------------------------------------
+# Display copies of large stimuli
+
+
+def test_display_reduction_leaves_ordinary_stimuli_alone():
+    # ImageNet-like and bundled-example sizes in the usual 3 x 6 grid, and a 1-stimulus figure.
+    for size in [(375, 500), (500, 375), (512, 512), (600, 800), (224, 224), (32, 32)]:
+        assert render.display_reduction(size, 3, 6) == 1, size
+    assert render.display_reduction((600, 800), 2, 1) == 1
+    # A camera photo in a 166 x 200 px cell: keep >= 3 source pixels per shown pixel.
+    assert render.display_reduction((1800, 2400), 3, 6) == 4
+    assert render.display_reduction((3000, 4000), 3, 6) == 8
+    assert render.display_reduction((3000, 4000), 6, 6) == 10  # cells 100 px high
+    assert render.display_reduction((1800, 2400), 2, 1) == 2   # one stimulus: a 300 px row
+
+
+def _photo(size):
+    with Image.open(os.path.join(os.path.dirname(__file__), "..", "examples",
+                                 "chelsea_cat.jpg")) as im:
+        return im.convert("RGB").resize(size, Image.BILINEAR)
+
+
+def _canvas_pixels(job):
+    fig = build_figure(job)
+    fig.canvas.draw()
+    return fig, np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.int16)
+
+
+def test_display_copy_is_laid_out_as_the_native_stimulus_and_looks_the_same(tmp_path):
+    photos = [_photo((2400, 1800)), _photo((1800, 2400)), _photo((2000, 1000))]
+    base = _job(tmp_path, 3, (294, 23), seed=3)
+    native = dataclasses.replace(base, stimuli=[np.asarray(p) for p in photos])
+    copies = [render.display_copy(p, 3, 3) for p in photos]
+    assert [size for _, size in copies] == [(1800, 2400), (2400, 1800), (1000, 2000)]
+    assert all(a.shape[0] <= s[0] // 2 for a, s in copies)  # really reduced
+    shown = dataclasses.replace(base, stimuli=[a for a, _ in copies],
+                                stimulus_sizes=[s for _, s in copies])
+    assert render.layout_key(shown) == render.layout_key(native)
+
+    fig_native, a = _canvas_pixels(native)
+    fig_shown, b = _canvas_pixels(shown)
+    for ax_a, ax_b in zip(fig_native.axes, fig_shown.axes):
+        assert ax_a.get_position().bounds == ax_b.get_position().bounds
+        assert ax_a.get_xlim() == ax_b.get_xlim() and ax_a.get_ylim() == ax_b.get_ylim()
+    # Only the stimulus row may differ, and only by the pre-filtering.
+    height = a.shape[0]
+    stim_cells = np.zeros(a.shape[:2], bool)
+    for ax in fig_native.axes[:3]:
+        x0, y0, x1, y1 = np.round(ax.get_window_extent().extents).astype(int)
+        stim_cells[height - y1:height - y0, x0:x1] = True
+    diff = np.abs(a - b)
+    assert not diff[~stim_cells].any()
+    assert diff[stim_cells].mean() < 0.5, diff[stim_cells].mean()
+
+
+def test_decode_keeps_a_large_photo_at_the_size_its_figure_shows(tmp_path):
+    from jaxsal import cli
+    from jaxsal.models import get_net_spec
+
+    spec = get_net_spec("AlexNet")
+    path = tmp_path / "big.jpg"
+    _photo((2400, 1800)).save(path, quality=90)
+    (array, size), x, _ = cli._decode(path, spec, (3, 6))
+    assert size == (1800, 2400) and array.shape == (450, 600, 3) and array.dtype == np.uint8
+    assert x.shape == (224, 224, 3)
+    small = tmp_path / "small.jpg"
+    _photo((500, 375)).save(small, quality=90)
+    (array, size), _, _ = cli._decode(small, spec, (3, 6))
+    assert size == (375, 500) and array.shape == (375, 500, 3)
