@@ -82,8 +82,9 @@ def define_flags() -> flags.FlagValues:
                         "cache, then the bundled conv-only AlexNet weights)", flag_values=fv)
     flags.DEFINE_boolean("save_maps", False, "also save the raw signed maps as "
                          "OUT/{net}_{layer}_maps.npz (needs -out)", flag_values=fv)
-    flags.DEFINE_integer("batch_size", None, "images per device batch (default: chosen from "
-                         "the device's memory)", flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "at most this many images per batch; larger runs "
+                         "are split into batches of about equal size (default: chosen from the "
+                         "device's memory)", flag_values=fv)
     flags.DEFINE_string("precision", "highest", "matmul/conv precision: highest (float32, "
                         "parity with PyTorch), default (fastest float32 the device offers, e.g. "
                         "TF32 on GPUs) or bfloat16", flag_values=fv)

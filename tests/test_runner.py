@@ -67,7 +67,18 @@ def test_batch_size_rounds_to_device_count_and_never_exceeds_need(monkeypatch):
     monkeypatch.setattr(jax, "local_device_count", lambda: 4)
     assert runner.pick_batch_size(5, 3) == 4
     assert runner.pick_batch_size(2, 64) == 4
-    assert runner.pick_batch_size(100, 64) == 64
+    assert runner.pick_batch_size(64, 64) == 64
+    assert runner.pick_batch_size(100, 64) == 56  # 2 x 50, rounded up to a multiple of 8
+    assert runner.pick_batch_size(100, 60) == 56
+    monkeypatch.setattr(jax, "local_device_count", lambda: 1)
+    assert runner.pick_batch_size(7, 64) == 7      # one batch, no padding
+    assert runner.pick_batch_size(65, 64) == 40    # not 64 + 1 padded to 64
+    assert runner.pick_batch_size(130, 64) == 48   # 3 batches
+    assert runner.pick_batch_size(120, 64) == 64
+    assert runner.pick_batch_size(1000, 64) == 64
+    assert runner.pick_batch_size(7, 3) == 3
+    # Many runs of different sizes compile few shapes.
+    assert {runner.pick_batch_size(n, 64) for n in range(65, 5000)} <= set(range(8, 65, 8))
     with pytest.raises(UsageError):
         runner.pick_batch_size(10, 0)
 
