@@ -600,6 +600,13 @@ def print_ablation(rows: list[dict]) -> None:
 # The command, end to end
 
 
+CLI_STIMULI = {  # --cli-stimuli: (size for make_stimuli, description)
+    "mixed": (None, "the bundled photos at 5 scales (300-500 px)"),
+    "uniform": ((500, 375), "all 500 x 375, as ImageNet's"),
+    "photos": ((2400, 1800), "all 2400 x 1800, as camera photos"),
+}
+
+
 def make_stimuli(folder: pathlib.Path, n: int, size: tuple[int, int] | None = None) -> pathlib.Path:
     """`n` stimuli made from the bundled examples/ images (resized copies, so every file is
     decoded and resized anew: to `size`, or to 60-100 % of each photo's size, i.e. mixed sizes)
@@ -640,16 +647,16 @@ def _children_cpu_s() -> float:
 
 
 def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weights: str | None,
-              batch_size: int | None, cli_repeats: int = 3, uniform: bool = False) -> dict:
+              batch_size: int | None, cli_repeats: int = 3, stimuli: str = "mixed") -> dict:
     """dnn_saliency on `n_images` stimuli x 2 channels with figures, cold then `cli_repeats`
     times warm, in a fresh JAXSAL_HOME (so the persistent compilation cache starts empty); after
     each run, the pure-compute time of the same maps in this process; plus start-up times.
-    `uniform`: every stimulus 500 x 375 (else the bundled photos at 5 scales, mixed sizes)."""
+    `stimuli`: see CLI_STIMULI."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="jaxsal-bench-cli-"))
     try:
         stim_dir = work / "stim"
         stim_dir.mkdir()
-        csv = make_stimuli(stim_dir, n_images, size=(500, 375) if uniform else None)
+        csv = make_stimuli(stim_dir, n_images, size=CLI_STIMULI[stimuli][0])
         env = dict(os.environ)
         env["JAXSAL_HOME"] = str(work / "home")
         env["TORCH_HOME"] = str(work / "torch_home")  # no stray torch hub weights
@@ -660,7 +667,8 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         else:
             env.pop("XLA_FLAGS", None)
         py = sys.executable
-        result: dict = {"images": n_images, "channels": len(CHANNELS), "layer": layer, "method": method}
+        result: dict = {"images": n_images, "channels": len(CHANNELS), "layer": layer,
+                        "method": method, "stimuli": stimuli}
 
         # Start-up: interpreter + imports, and the whole `-help` path.
         t_import, p = _run_timed([py, "-c", "import jaxsal.cli"], env, work)
@@ -752,7 +760,8 @@ def _command_batch_size(n_images: int, layer: str, requested: int | None) -> int
 
 def print_cli(r: dict) -> None:
     print()
-    print(f"End-to-end dnn_saliency: {r['images']} stimuli x {r['channels']} channels, {r['layer']} "
+    print(f"End-to-end dnn_saliency: {r['images']} stimuli ({r.get('stimuli', 'mixed')}) x "
+          f"{r['channels']} channels, {r['layer']} "
           f"{r['method']}, figures to -out; after each run, the pure compute of the same maps "
           f"(jitted core, batch {r.get('pure_compute_batch_size', '?')}, steady state)")
     computes = r.get("pure_compute", [])
@@ -809,8 +818,8 @@ def parse_args(argv=None):
     ap.add_argument("--cli-weights", default=None, help="-weights for the command (needed for fc layers)")
     ap.add_argument("--cli-batch-size", type=int, default=None)
     ap.add_argument("--cli-repeats", type=int, default=3, help="warm runs after the cold one")
-    ap.add_argument("--cli-stimuli", choices=("mixed", "uniform"), default="mixed",
-                    help="mixed: the bundled photos at 5 scales; uniform: all 500 x 375")
+    ap.add_argument("--cli-stimuli", choices=sorted(CLI_STIMULI), default="mixed",
+                    help="; ".join(f"{k}: {v[1]}" for k, v in sorted(CLI_STIMULI.items())))
     ap.add_argument("--accelerator-rows", action="store_true",
                     help="only the accelerator rows: --layers x --methods x --accel-batches x each "
                          "precision, jaxsal on JAX's default device vs PyTorch (b) on --torch-device")
@@ -908,7 +917,7 @@ def main(argv=None) -> dict:
         log(f"# dnn_saliency end to end, {args.cli_images} stimuli ...")
         report["cli"] = bench_cli(setup, args.cli_images, args.cli_layer, args.cli_method,
                                   args.cli_weights, args.cli_batch_size, args.cli_repeats,
-                                  args.cli_stimuli == "uniform")
+                                  args.cli_stimuli)
         if not quiet:
             print_cli(report["cli"])
     report["summary"] = summarize(report)

@@ -77,3 +77,22 @@ def test_accelerator_rows_run_on_cpu_and_print_json():
     assert all(r["batch"] == 2 and r["torch_device"] == "cpu" for r in rows)
     assert rows[0]["median_rel_err_vs_torch_same_precision"] < 1e-5
     assert rows[0]["max_rel_err_vs_highest"] == 0.0
+
+
+@pytest.mark.slow
+def test_command_end_to_end_mode_runs_the_command_and_prints_json():
+    """--cli-only: the command on generated stimuli (here 3 camera-size photos), cold, with its
+    figures counted and its compute measured alongside."""
+    pytest.importorskip("torch")
+    cmd = [sys.executable, str(SCRIPT), "--cli-only", "--cli-images", "3", "--cli-repeats", "0",
+           "--cli-stimuli", "photos", "--json-only"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+    cli = json.loads(line[len("BENCH_JSON "):])["cli"]
+    assert cli["stimuli"] == "photos" and cli["images"] == 3
+    (run,) = cli["runs"]
+    assert run["returncode"] == 0 and run["finish_lines"] == 1, run
+    assert any("profile: total" in p for p in run["profile"])
+    assert cli["pure_compute_batch_size"] == 3 and len(cli["pure_compute"]) == 1
+    assert cli["compilation_cache_entries"] >= 1
