@@ -296,7 +296,7 @@ class Pipeline:
         n_rows = 1 + len(plan.options.channels)
         # The grid each stimulus is drawn in, for display_copy.
         self.grids = {i: (n_rows, len(cols)) for _, cols in self.figures for i in cols}
-        self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=decode_threads())
         self._decoding = [self._submit(i) for i in self.mine[: self.DECODE_AHEAD]]
         self.pool = None
         if plan.options.out is not None and self.figures:
@@ -330,6 +330,14 @@ class Pipeline:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def decode_threads() -> int:
+    """Threads decoding stimuli: half the cores, 1 to 8. Pillow releases the GIL while it
+    decodes and resizes, so on a many-core host next to a GPU they keep up with the device; on
+    a 2-core laptop one thread decodes 120 photos in ~0.6 s while JAX loads, and a second one
+    would only compete with the import and the device's threads."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 class Progress:
