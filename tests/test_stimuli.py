@@ -541,3 +541,20 @@ def test_modules_do_not_import_jax():
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.fullmatch(r"\[\]\s*", result.stdout)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
+def test_up_front_check_decodes_jpegs_at_one_eighth_and_still_finds_truncation(tmp_path, keep):
+    from jaxsal import stimuli
+
+    rng = np.random.default_rng(0)
+    data = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(data, "JPEG")
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(data.getvalue())
+    assert stimuli._load(whole, draft=True).size == (100, 75)  # the cheap check
+    assert stimuli._load(whole).size == (800, 600)  # the real load is never drafted
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data.getvalue()[: int(len(data.getvalue()) * keep)])
+    assert stimuli._image_problem(whole) is None
+    assert stimuli._image_problem(cut).startswith(f"cannot decode image {cut}: ")
