@@ -301,6 +301,6 @@ def test_inputs_and_weights_are_checked_before_jax_is_imported(workdir, cli_env)
 def test_decode_threads_follow_the_cores(monkeypatch):
     from jaxsal import cli
 
-    for cores, threads in [(None, 1), (1, 1), (2, 1), (4, 2), (16, 8), (64, 8)]:
+    for cores, threads in [(None, 2), (1, 2), (2, 2), (4, 2), (6, 3), (16, 8), (64, 8)]:
         monkeypatch.setattr(cli.os, "cpu_count", lambda: cores)
         assert cli.decode_threads() == threads, cores
