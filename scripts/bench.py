@@ -601,7 +601,7 @@ def print_ablation(rows: list[dict]) -> None:
 
 
 CLI_STIMULI = {  # --cli-stimuli: (size for make_stimuli, description)
-    "mixed": (None, "the bundled photos at 5 scales (300-500 px)"),
+    "mixed": (None, "the bundled photos at 5 scales (180-500 px)"),
     "uniform": ((500, 375), "all 500 x 375, as ImageNet's"),
     "photos": ((2400, 1800), "all 2400 x 1800, as camera photos"),
 }
