@@ -441,12 +441,14 @@ def _reference_jpeg(job):
     return buffer.getvalue()
 
 
-def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_path):
-    """render_figure reuses one figure per grid shape, remembers tight_layout's result and the
-    drawn background per layout key, and then draws only images and frames; the bytes must
-    equal a plain matplotlib figure's, for hits and misses of every kind."""
+def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_path, monkeypatch):
+    """render_figure reuses one figure per grid shape and the cells whose images keep their
+    shapes, remembers tight_layout's result and the drawn background per layout key (a lean
+    background once checked against a full draw), and then draws only images and frames; the
+    bytes must equal a plain matplotlib figure's, for hits and misses of every kind."""
     render._CANVASES.clear()
     render._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(render, "_LEAN_BACKGROUND", None)
     rng = np.random.default_rng(9)
     other_shapes = dataclasses.replace(
         _job(tmp_path, 6, (294, 23), "RGB", seed=6),
@@ -476,6 +478,33 @@ def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_pat
         render_figure(job)
         assert (tmp_path / f"reused{i}.jpg").read_bytes() == _reference_jpeg(job), f"figure {i}"
     assert set(render._CANVASES) == {(3, 6), (2, 1)}
+    assert render._LEAN_BACKGROUND is True  # the checked lean background drew all but the first
+
+
+def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, monkeypatch):
+    """If the lean background misses something a full draw shows (here a stray line, as a
+    matplotlibrc or another matplotlib could add), the process keeps to the full draw."""
+    render._CANVASES.clear()
+    render._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(render, "_LEAN_BACKGROUND", None)
+    lean = render._lean_background
+
+    def missing_a_line(fig):
+        lean(fig)
+        gc = fig.canvas.get_renderer().new_gc()
+        from matplotlib.path import Path
+        from matplotlib.transforms import IdentityTransform
+        fig.canvas.get_renderer().draw_path(gc, Path([(10, 10), (200, 10)]), IdentityTransform())
+
+    monkeypatch.setattr(render, "_lean_background", missing_a_line)
+    for seed, shapes in [(1, None), (2, (40, 30, 3))]:
+        job = _job(tmp_path, 6, (294, 23), "RGB", seed=seed)
+        if shapes is not None:  # a new layout: another background
+            job = dataclasses.replace(job, stimuli=[np.zeros(shapes, np.uint8)] * 6)
+        job = dataclasses.replace(job, out_path=str(tmp_path / f"full{seed}.jpg"))
+        render_figure(job)
+        assert (tmp_path / f"full{seed}.jpg").read_bytes() == _reference_jpeg(job)
+    assert render._LEAN_BACKGROUND is False
 
 
 def test_warmed_up_worker_draws_the_plain_figure(tmp_path):
