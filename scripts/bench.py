@@ -320,14 +320,20 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
     }
 
 
-def print_cases(cases: list[dict]) -> None:
+def _print_head(title: str, head: str) -> None:
+    """A table's title, its column header and a rule under it."""
     print()
-    print("Saliency maps per second (maps = images x channels), steady state: median of the timed "
-          "calls;\nratios: median over rounds of the ratio between neighbouring calls")
-    head = (f"{'layer':6} {'method':8} {'N':>4} | {'(a) orig':>9} {'a0':>6} {'(b) torch':>9} {'(c) jax':>8} | "
-            f"{'c/b':>5} {'c/a':>5} {'c/a0':>5} | {'compile s':>9} | {'GFLOP/s c':>9} {'matmul':>6} {'% peak':>6} | parity")
+    print(title)
     print(head)
     print("-" * len(head))
+
+
+def print_cases(cases: list[dict]) -> None:
+    _print_head(
+        "Saliency maps per second (maps = images x channels), steady state: median of the timed "
+        "calls;\nratios: median over rounds of the ratio between neighbouring calls",
+        f"{'layer':6} {'method':8} {'N':>4} | {'(a) orig':>9} {'a0':>6} {'(b) torch':>9} {'(c) jax':>8} | "
+        f"{'c/b':>5} {'c/a':>5} {'c/a0':>5} | {'compile s':>9} | {'GFLOP/s c':>9} {'matmul':>6} {'% peak':>6} | parity")
     for c in cases:
         r = c["maps_per_s"]
         orig = f"{r['orig']:.2f}" + ("*" if c["orig_extrapolated"] else " ")
@@ -452,14 +458,12 @@ def bench_accelerator(setup: Setup, layer: str, method: str, batch: int, repeats
 
 
 def print_accelerator(rows: list[dict]) -> None:
-    print()
-    print(f"Accelerator rows: jaxsal on {rows[0]['jax_device']}, PyTorch (b) on {rows[0]['torch_device']}; "
-          "maps/s, steady state; median relative error of jaxsal's maps against its 'highest' and "
-          "against PyTorch at the same precision")
-    head = (f"{'layer':6} {'method':8} {'N':>5} {'precision':9} | {'jax':>9} {'torch':>9} {'jax/torch':>9} | "
-            f"{'compile s':>9} | {'median err':>10} {'max err':>9} {'vs torch':>9}")
-    print(head)
-    print("-" * len(head))
+    _print_head(
+        f"Accelerator rows: jaxsal on {rows[0]['jax_device']}, PyTorch (b) on {rows[0]['torch_device']}; "
+        "maps/s, steady state; median relative error of jaxsal's maps against its 'highest' and "
+        "against PyTorch at the same precision",
+        f"{'layer':6} {'method':8} {'N':>5} {'precision':9} | {'jax':>9} {'torch':>9} {'jax/torch':>9} | "
+        f"{'compile s':>9} | {'median err':>10} {'max err':>9} {'vs torch':>9}")
     for r in rows:
         print(f"{r['layer']:6} {r['method']:8} {r['batch']:>5} {r['precision']:9} | {r['jax_maps_per_s']:>9.1f} "
               f"{r['torch_maps_per_s']:>9.1f} {r['ratio_jax_vs_torch']:>9.2f} | {r['jax_compile_s']:>9.1f} | "
@@ -468,11 +472,9 @@ def print_accelerator(rows: list[dict]) -> None:
 
 
 def print_precisions(rows: list[dict]) -> None:
-    print()
-    print("Precision: speed and relative L2 error of each map against 'highest' (median / max over maps)")
-    head = f"{'layer':6} {'method':8} {'N':>4} {'precision':10} | {'maps/s':>7} {'speed':>6} | {'median err':>10} {'max err':>9}"
-    print(head)
-    print("-" * len(head))
+    _print_head(
+        "Precision: speed and relative L2 error of each map against 'highest' (median / max over maps)",
+        f"{'layer':6} {'method':8} {'N':>4} {'precision':10} | {'maps/s':>7} {'speed':>6} | {'median err':>10} {'max err':>9}")
     for r in rows:
         print(f"{r['layer']:6} {r['method']:8} {r['batch']:>4} {r['precision']:10} | {r['maps_per_s']:>7.2f} "
               f"{r['speed_vs_highest']:>5.2f}x | {r['median_rel_err_vs_highest']:>10.1e} {r['max_rel_err_vs_highest']:>9.1e}")
@@ -583,12 +585,10 @@ def bench_ablation(setup: Setup, layer: str, method: str, batch: int, repeats: i
 
 
 def print_ablation(rows: list[dict]) -> None:
-    print()
-    print("Ablation (one process, round-robin): each lead switched off from the shipped core")
-    head = (f"{'case':20} {'variant':58} | {'maps/s':>7} {'vs (b)':>6} {'vs shipped':>10} | "
-            f"rel diff vs shipped (median, max)")
-    print(head)
-    print("-" * len(head))
+    _print_head(
+        "Ablation (one process, round-robin): each lead switched off from the shipped core",
+        f"{'case':20} {'variant':58} | {'maps/s':>7} {'vs (b)':>6} {'vs shipped':>10} | "
+        f"rel diff vs shipped (median, max)")
     for r in rows:
         case = f"{r['layer']} {r['method']} N={r['batch']}"
         print(f"{case:20} {r['variant']:58} | {r['maps_per_s']:>7.2f} {r['ratio_vs_torch']:>5.2f}x "
