@@ -302,9 +302,8 @@ class Pipeline:
         if plan.options.out is not None and self.figures:
             workers = render.default_render_workers()
             self.pool = render.render_pool(workers)
-            grid = (1 + len(plan.options.channels), len(self.figures[0][1]))
             for _ in range(workers):  # spawn them now: they start up while JAX is imported
-                self.pool.submit(render.warm_up, *grid)
+                self.pool.submit(render.warm_up, n_rows, len(self.figures[0][1]))
 
     def _submit(self, i: int):
         return self.decoder.submit(_decode, self.plan.stimuli.paths[i], self.plan.spec,
