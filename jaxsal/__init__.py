@@ -5,23 +5,26 @@
     maps = jaxsal.saliency(net, ["cat.jpg"], "conv5", [60, 125], method="guided")
     maps.shape  # (2, 1, 3, 224, 224): channels x images x RGB x H x W, d(target)/d(input)
 
-Imports are lazy so that `dnn_saliency -help` and input validation do not pay for JAX.
+Importing jaxsal has no side effects on the process, and imports JAX only when a name that needs
+it is used (so `dnn_saliency -help` and input validation do not pay for JAX). On a CPU,
+`jaxsal.tune_cpu()` before the first computation makes float32 maps faster (see its docstring).
 """
 __version__ = "0.1.0"
 
-__all__ = ["load_net", "saliency", "UsageError"]
+__all__ = ["load_net", "saliency", "tune_cpu", "register", "UsageError"]
 
 from jaxsal.errors import UsageError
-from jaxsal.runtime import configure_xla_flags as _configure_xla_flags
-
-# Before anything imports JAX: XLA reads XLA_FLAGS once, at the first computation. Appends only
-# flags verified on the installed jaxlib and never overrides the user's (jaxsal/runtime.py).
-_configure_xla_flags()
+from jaxsal.models import register
+from jaxsal.xla_config import tune_cpu
 
 
 def __getattr__(name):
-    if name in ("load_net", "saliency"):
-        import importlib
+    if name == "load_net":
+        from jaxsal.net import load_net
 
-        return getattr(importlib.import_module("jaxsal.saliency"), name)
+        return load_net
+    if name == "saliency":
+        from jaxsal.api import saliency
+
+        return saliency
     raise AttributeError(f"module 'jaxsal' has no attribute {name!r}")

@@ -21,10 +21,11 @@ from typing import Sequence
 from absl import flags
 
 from jaxsal.errors import UsageError
+from jaxsal.xla_config import tune_cpu
 from jaxsal.method_flags import FLAG_NAMES as METHOD_FLAGS
 from jaxsal.method_flags import METHOD_HELP, define_method_flags, method_from_flags
 from jaxsal.method_flags import SYNOPSIS as METHOD_SYNOPSIS
-from jaxsal.methods import resolve
+from jaxsal.methods import PRECISIONS, resolve
 
 PROG = "dnn_saliency"
 MAX_CHANNELS = 5
@@ -197,8 +198,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         raise UsageError("-save_maps needs -out DIR (the folder the .npz file is written to)")
     if fv.batch_size is not None and fv.batch_size < 1:
         raise UsageError(f"-batch_size must be at least 1, got {fv.batch_size}")
-    if fv.precision not in ("highest", "default", "bfloat16"):
-        raise UsageError(f"-precision must be highest, default or bfloat16, got {fv.precision!r}")
+    if fv.precision not in PRECISIONS:
+        raise UsageError(f"-precision must be {', '.join(PRECISIONS)}, got {fv.precision!r}")
     if fv.vmin is not None and fv.vmax is not None and fv.vmin > fv.vmax:
         raise UsageError(f"-vmin ({fv.vmin}) is larger than -vmax ({fv.vmax})")
     from jaxsal.distributed import Cluster
@@ -271,7 +272,7 @@ def load_net(plan: Plan):
         from jaxsal import distributed
 
         distributed.initialize(plan.options.cluster)
-    from jaxsal.saliency import net_from_weights  # imports JAX: only now that the inputs are sound
+    from jaxsal.net import net_from_weights  # imports JAX: only now that the inputs are sound
 
     return net_from_weights(plan.spec, plan.weights)
 
@@ -387,12 +388,12 @@ def _decode(path: pathlib.Path, spec, grid: tuple[int, int]) -> tuple:
     input, seconds). The figure's array is `render.display_copy` for a figure of `grid`
     (rows, columns): a large photo is kept only at the size its figure can show."""
     from jaxsal.render import display_copy
-    from jaxsal.stimuli import load_image, to_network_input
+    from jaxsal.stimuli import load_image, preprocess
 
     t = time.perf_counter()
     image = load_image(path)
     shown = display_copy(image, *grid)
-    x = to_network_input(image, spec.input_size, spec.mean, spec.std)
+    x = preprocess(image, spec.preprocessing)
     return shown, x, time.perf_counter() - t
 
 
@@ -414,7 +415,7 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
     from jaxsal import distributed, render
     from jaxsal.maps_io import MapWriter, map_file_meta
     from jaxsal.methods import map_shape
-    from jaxsal.runner import iter_saliency
+    from jaxsal.batching import iter_saliency
 
     o, stimuli = plan.options, plan.stimuli
     cluster = o.cluster
@@ -444,7 +445,8 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
                 timings.decode += secs
                 shown[i] = stimulus
                 if o.overlay:
-                    underlays[i] = render.network_image(x, spec.mean, spec.std)
+                    p = spec.preprocessing
+                    underlays[i] = render.network_image(x, p.mean, p.std, p.scale)
                 yield x
 
         progress = Progress(len(mine))
@@ -467,7 +469,7 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
                 writer.write(done, maps)
             timings.write += time.perf_counter() - t
             t = time.perf_counter()
-            if o.method.name == "gradcam":  # 2-D maps, drawn with -cmap whatever -mode
+            if o.method.info.maps_2d:  # drawn with -cmap whatever -mode
                 images, constant = render.to_display_2d(maps)
             else:
                 images, constant = render.to_display(maps, o.mode)
@@ -556,6 +558,7 @@ def _finish_ready(pending, futures, n, o, timings, can_show, block):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 2 usage/input error, 1 unexpected)."""
     argv = list(sys.argv if argv is None else argv)
+    tune_cpu()  # before anything can import JAX (the figure workers never do)
     timings = Timings()
     start = time.perf_counter()
     try:
@@ -565,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = prepare(options)
         with Pipeline(plan) as pipeline:
             net = load_net(plan)
-            from jaxsal.runtime import enable_compilation_cache
+            from jaxsal.xla_config import enable_compilation_cache
             from jaxsal.weights import cache_dir
 
             enable_compilation_cache(cache_dir() / "xla")

@@ -1,26 +1,13 @@
 """The attribution methods and their options: what to compute, validated before any compute.
 
-A `Method` names the method and its options. It is frozen and hashable, so it keys the jit cache
-(`jaxsal.saliency.compiled_saliency`), and it imports no JAX, so the CLI validates flags with it
-before JAX is loaded. The computation itself is in `jaxsal.attribution`. All channels x all
-images are computed in one jit-compiled call:
-
-=================  ======================  ==================================================
-method             maps                    what
-=================  ======================  ==================================================
-vanilla            (K, N, 3, S, S)         d target / d input
-guided             (K, N, 3, S, S)         guided backpropagation (Springenberg et al. 2015)
-deconv             (K, N, 3, S, S)         deconvnet rule at every ReLU: g_in = g_out 1[g_out > 0]
-ig                 (K, N, 3, S, S)         integrated gradients (Sundararajan et al. 2017)
-gradcam            (K, N, S, S)            Grad-CAM (Selvaraju et al. 2017), upsampled to S x S
-guided_gradcam     (K, N, 3, S, S)         guided map x Grad-CAM
-+ smooth = n > 0   same as the base        SmoothGrad (Smilkov et al. 2017) of any of the
-                                           gradient methods (vanilla, guided, deconv, ig)
-=================  ======================  ==================================================
-
-K channels, N images, S the input size; maps are attributions with respect to the normalized
-input. The target is the one of SPEC §4 (channel mean for conv-like layers, the unit for fc
-layers). Formulas, conventions and the comparison with Captum: docs/methods.md.
+`METHODS` is the one table of the methods: for each name, the module of `jaxsal.core` that
+computes it and the properties everyone else reads (the ReLU rule of its gradient part, whether
+its maps are 2-D, whether SmoothGrad applies, which options it takes). A `Method` names a method
+and its options; it is frozen and hashable, so it keys the jit cache
+(`jaxsal.core.compiled_saliency`), and this module imports no JAX, so the command validates
+its flags before JAX is loaded. K channels, N images, S the input size; maps are attributions
+with respect to the normalized input, of shape (K, N, 3, S, S), or (K, N, S, S) for 2-D methods.
+The target is the one of SPEC §4. Formulas and the comparison with Captum: docs/methods.md.
 """
 from __future__ import annotations
 
@@ -30,14 +17,61 @@ import math
 
 from jaxsal.errors import UsageError
 
-METHOD_NAMES = ("vanilla", "guided", "deconv", "ig", "gradcam", "guided_gradcam")
-GRADIENT_METHODS = ("vanilla", "guided", "deconv", "ig")  # those SmoothGrad can smooth
-CAM_METHODS = ("gradcam", "guided_gradcam")
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    """implementation: the `jaxsal.core` module with `maps(spec, layer, method, precision,
+    params, images, channels0)`. rule: the ReLU backward rule of its gradient part
+    (`jaxsal.core.relu_rules`). maps_2d: one (S, S) map per image, drawn with -cmap whatever
+    -mode. smoothable: SmoothGrad may wrap it. options: the `Method` fields it uses (SmoothGrad's
+    aside). evaluations: the option that counts its gradient evaluations per image, if any."""
+
+    implementation: str
+    rule: str
+    maps_2d: bool = False
+    smoothable: bool = False
+    options: tuple[str, ...] = ()
+    evaluations: str | None = None
+    description: str = ""
+
+    @property
+    def needs_cam_layer(self) -> bool:
+        return "cam_layer" in self.options
+
+
+METHODS = {
+    "vanilla": MethodInfo("jaxsal.core.gradients", "vanilla", smoothable=True,
+                          description="plain gradient"),
+    "guided": MethodInfo("jaxsal.core.gradients", "guided", smoothable=True,
+                         description="guided backprop"),
+    "deconv": MethodInfo("jaxsal.core.gradients", "deconv", smoothable=True,
+                         description="deconvnet"),
+    "ig": MethodInfo("jaxsal.core.integrated_gradients", "vanilla", smoothable=True,
+                     options=("baseline", "ig_steps", "ig_rule"), evaluations="ig_steps",
+                     description="integrated gradients"),
+    "gradcam": MethodInfo("jaxsal.core.gradcam", "vanilla", maps_2d=True, options=("cam_layer",),
+                          description="Grad-CAM: one 2-D map per image, drawn with -cmap"),
+    "guided_gradcam": MethodInfo("jaxsal.core.gradcam", "guided", options=("cam_layer",),
+                                 description="guided backprop x Grad-CAM"),
+}
+METHOD_NAMES = tuple(METHODS)
+GRADIENT_METHODS = tuple(name for name, info in METHODS.items() if info.smoothable)
+CAM_METHODS = tuple(name for name, info in METHODS.items() if info.needs_cam_layer)
 BASELINES = ("black", "zeros")
 IG_RULES = ("gausslegendre", "trapezoid")
 DEFAULT_NOISE = 0.15
 DEFAULT_IG_STEPS = 32
 MAX_SEED = 2**32 - 1
+PRECISIONS = ("highest", "default", "bfloat16")
+
+
+def check_precision(precision: str) -> str:
+    """`highest` (float32 throughout, parity with PyTorch), `default` (the device's fastest
+    float32 matmuls, e.g. TF32 on NVIDIA GPUs) or `bfloat16` (the network runs in bfloat16)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return precision
+
 
 # ---------------------------------------------------------------------------------------------
 # The method and its options
@@ -103,18 +137,27 @@ class Method:
             raise UsageError(f"cam_layer must be a layer name, got {self.cam_layer!r}")
 
     @property
+    def info(self) -> MethodInfo:
+        return METHODS[self.name]
+
+    @property
     def is_cam(self) -> bool:
-        return self.name in CAM_METHODS
+        return self.info.needs_cam_layer
 
     @property
     def rule(self) -> str:
         """The ReLU backward rule of the gradient part: vanilla, guided or deconv."""
-        return {"ig": "vanilla", "gradcam": "vanilla", "guided_gradcam": "guided"}.get(self.name, self.name)
+        return self.info.rule
+
+    @property
+    def evaluations_per_image(self) -> int:
+        """Gradient evaluations per image of one (unsmoothed) call."""
+        return getattr(self, self.info.evaluations) if self.info.evaluations else 1
 
     @property
     def map_axes(self) -> str:
         """What the axes of the maps mean, e.g. for a saved file."""
-        if self.name == "gradcam":
+        if self.info.maps_2d:
             return "channel, stimulus, y, x"
         return "channel, stimulus, rgb, y, x"
 
@@ -123,10 +166,7 @@ class Method:
         out: dict = {"name": self.name}
         if self.smooth:
             out.update(smooth=self.smooth, noise=self.noise, seed=self.seed)
-        if self.name == "ig":
-            out.update(baseline=self.baseline, ig_steps=self.ig_steps, ig_rule=self.ig_rule)
-        if self.is_cam:
-            out.update(cam_layer=self.cam_layer)
+        out.update({option: getattr(self, option) for option in self.info.options})
         return out
 
     def canonical(self) -> "Method":
@@ -136,10 +176,9 @@ class Method:
     def describe(self) -> str:
         """One line for people, e.g. "guided, SmoothGrad n=16 noise=0.15 seed=0"."""
         text = self.name
-        if self.name == "ig":
-            text += f" (baseline {self.baseline}, {self.ig_steps} steps, {self.ig_rule})"
-        if self.is_cam and self.cam_layer:
-            text += f" (cam_layer {self.cam_layer})"
+        options = [f"{o} {getattr(self, o)}" for o in self.info.options if getattr(self, o) is not None]
+        if options:
+            text += f" ({', '.join(options)})"
         if self.smooth:
             text += f", SmoothGrad n={self.smooth} noise={self.noise:g} seed={self.seed}"
         return text
@@ -163,9 +202,16 @@ def as_method(method="guided", **options) -> Method:
 
 
 def default_cam_layer(spec, layer: str) -> str:
-    """The target itself if it is conv-like, else the last conv-like layer below it."""
+    """The target itself if it is conv-like and not above the net's CAM layer (the last
+    conv-like block before pooling, `NetSpec.cam_layer`); that layer for targets above it;
+    else the last conv-like layer below the target."""
     names = spec.layer_names
-    for name in reversed(names[: names.index(layer) + 1]):
+    index = names.index(layer)
+    if spec.layer(layer).kind == "conv" and index <= names.index(spec.cam_layer):
+        return layer
+    if names.index(spec.cam_layer) <= index:
+        return spec.cam_layer
+    for name in reversed(names[: index + 1]):
         if spec.layer(name).kind == "conv":
             return name
     raise UsageError(f"{spec.name} has no convolutional layer at or below {layer!r} for Grad-CAM")
@@ -195,6 +241,6 @@ def resolve(method, spec, layer: str) -> Method:
 
 
 def map_shape(method: Method, n_channels: int, n_images: int, size: int) -> tuple[int, ...]:
-    if method.name == "gradcam":
+    if method.info.maps_2d:
         return (n_channels, n_images, size, size)
     return (n_channels, n_images, 3, size, size)

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxsal.errors import UsageError
+from jaxsal.models.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 if TYPE_CHECKING:  # pandas is imported lazily: it is only needed once a file is parsed.
     import pandas
@@ -46,8 +47,6 @@ __all__ = [
     "to_network_input",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # At most this many problems are listed in one error message; the rest are counted.
 MAX_LISTED_PROBLEMS = 20
@@ -422,6 +421,12 @@ def as_pil(image: Any) -> Image.Image:
         raise UsageError(f"image array must be shaped {_ARRAY_SHAPES}; got shape {array.shape}")
     raise UsageError(f"expected an image path, a PIL image or a uint8 array shaped "
                      f"{_ARRAY_SHAPES}; got {type(image).__name__}")
+
+
+def preprocess(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """`to_network_input` with a network's own preprocessing (`NetSpec.preprocessing`)."""
+    p = preprocessing
+    return to_network_input(image, p.size, p.mean, p.std, p.scale)
 
 
 def to_network_input(image: Image.Image, size: int = 224,

@@ -77,3 +77,22 @@ def weights_env(tmp_path, monkeypatch):
     for var in ("XDG_CACHE_HOME", "JAXSAL_WEIGHTS", "DNNBRAIN_DATA", "JAXSAL_ALEXNET_URL"):
         monkeypatch.delenv(var, raising=False)
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> pathlib.Path:
+    """A random-weights file for TinyNet (`tests/tiny_net.py`, registered on import)."""
+    import tiny_net
+
+    return tiny_net.write_weights(tmp_path_factory.mktemp("tiny") / "tinynet.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_net(tiny_weights):
+    """TinyNet with random weights, on the device."""
+    import tiny_net as tiny
+
+    from jaxsal.net import net_from_weights
+    from jaxsal.weights import load_weights
+
+    return net_from_weights(tiny.TINY, load_weights(tiny.TINY, tiny_weights))

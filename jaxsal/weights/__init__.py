@@ -11,7 +11,7 @@ Public API (see each function's docstring):
   without executing the pickle.
 * `convert_checkpoint(spec, src, dst)` -- .pth -> .safetensors (atomic).
 * `download(spec, url=None, dest_dir=None, progress=True)` -- fetch + verify + convert.
-* `fc_weights_missing_message(spec, layer)` -- the error text for fc targets without fc weights.
+* `missing_weights_message(spec, layer, missing)` -- the error text for a target whose weights are missing.
 * `check_layer_weights(spec, weights, layer)` -- raises that error (or an unknown-layer one).
 
 Nothing here imports torch; user mistakes raise `jaxsal.errors.UsageError`.
@@ -25,7 +25,7 @@ from jaxsal.weights.resolve import (
     cache_dir,
     cached_weights_path,
     check_layer_weights,
-    fc_weights_missing_message,
+    missing_weights_message,
     load_weights,
 )
 from jaxsal.weights.torch_checkpoint import read_torch_checkpoint
@@ -39,7 +39,7 @@ __all__ = [
     "check_layer_weights",
     "convert_checkpoint",
     "download",
-    "fc_weights_missing_message",
+    "missing_weights_message",
     "load_weights",
     "read_torch_checkpoint",
 ]

@@ -1,9 +1,10 @@
 """torchvision checkpoint (.pth) -> jaxsal params, in memory or into a safetensors file.
 
-The layout change itself (OIHW -> HWIO, fc transposes, fc1 row order) is the network's own
-`spec.weights.convert` (SPEC §7); this module adds what makes it safe for user files: the file
-name's sha256 prefix is checked, every key and shape is validated, values are cast to float32,
-and the result records its provenance (original file name and sha256, converter).
+Which torch key becomes which jaxsal key, and by which layout rule, is derived from the
+network's description (`NetSpec.params`); the rules themselves (SPEC §7) are `LAYOUT_RULES`.
+Around them, what makes it safe for user files: the file name's sha256 prefix is checked, every
+key and shape is validated (a checkpoint of another network is named as such), values are cast
+to float32, and the result records its provenance (original file name and sha256, converter).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pathlib
 import numpy as np
 
 from jaxsal.errors import UsageError
+from jaxsal import models
 from jaxsal.models import NetSpec
 from jaxsal.weights import safetensors_io
 from jaxsal.weights.hashing import name_hash_prefix, sha256_file
@@ -38,29 +40,87 @@ def check_name_hash(path: str | os.PathLike, sha256: str) -> None:
         )
 
 
+def _linear_after_flatten(w: np.ndarray, flat_from) -> np.ndarray:
+    """torch flattens (C, H, W) in C,H,W order, jaxsal in H,W,C order: reorder the rows."""
+    c, h, wd = flat_from
+    return w.reshape(w.shape[0], c, h, wd).transpose(2, 3, 1, 0).reshape(c * h * wd, w.shape[0])
+
+
+# rule name (`jaxsal.models.layers`) -> torch array -> jaxsal array. Values are only moved.
+LAYOUT_RULES = {
+    "copy": lambda w, p: w,
+    "conv": lambda w, p: w.transpose(2, 3, 1, 0),  # (O, I, kH, kW) -> (kH, kW, I, O)
+    "linear": lambda w, p: w.T,  # (out, in) -> (in, out)
+    "linear_after_flatten": lambda w, p: _linear_after_flatten(w, p.flat_from),
+}
+
+
+def _used_keys(spec: NetSpec, state_dict: dict) -> dict:
+    """The state_dict without what jaxsal never uses: batch-norm counters, auxiliary heads."""
+    return {k: v for k, v in state_dict.items()
+            if not k.endswith("num_batches_tracked")
+            and not k.startswith(spec.weights.ignored_torch_keys)}
+
+
+def identify(state_dict: dict) -> str | None:
+    """The registered network whose torchvision keys the state_dict holds exactly, if any."""
+    for name in models.names():
+        spec = models.get_net_spec(name)
+        if set(_used_keys(spec, state_dict)) == {p.torch_key for p in spec.params}:
+            return name
+    return None
+
+
+def from_torchvision(spec: NetSpec, state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A torchvision state_dict (numpy arrays) -> flat jaxsal params. ValueError naming any
+    missing, unexpected or mis-shaped key."""
+    used = _used_keys(spec, state_dict)
+    want = {p.torch_key: p for p in spec.params}
+    missing, extra = sorted(set(want) - set(used)), sorted(set(used) - set(want))
+    if missing or extra:
+        parts = [f"missing keys {missing[:8]}" if missing else "",
+                 f"unexpected keys {extra[:8]}" if extra else ""]
+        raise ValueError("; ".join(p for p in parts if p))
+    out = {}
+    for torch_key, p in want.items():
+        w = np.asarray(used[torch_key])
+        if p.rule == "linear_after_flatten" and w.shape != (p.shape[1], p.shape[0]):
+            raise ValueError(f"{torch_key} has shape {w.shape}, expected {(p.shape[1], p.shape[0])}")
+        w = LAYOUT_RULES[p.rule](w, p)
+        if w.shape != p.shape:
+            raise ValueError(f"{p.key} (torch {torch_key}) has converted shape {w.shape}, "
+                             f"expected {p.shape}")
+        out[p.key] = np.ascontiguousarray(w)
+    return out
+
+
 def convert_state_dict(
     spec: NetSpec, state_dict: dict[str, np.ndarray], *, source_file: str, source_sha256: str
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(params, provenance metadata) from a torchvision state_dict of numpy arrays."""
-    for key, arr in state_dict.items():
+    for key, arr in _used_keys(spec, state_dict).items():
         if not np.issubdtype(arr.dtype, np.floating):
             raise UsageError(f"{source_file}: tensor {key} is {arr.dtype}, not floating point")
     try:
-        params = spec.weights.convert(state_dict)
+        params = from_torchvision(spec, state_dict)
     except ValueError as e:
+        other = identify(state_dict)
+        if other is not None and other != spec.name:
+            raise UsageError(f"{source_file} holds {other} weights, not {spec.name}: use "
+                             f"-net {other}, or a {spec.name} checkpoint "
+                             f"({' or '.join(spec.weights.files)})") from None
         raise UsageError(
             f"{source_file} is not a torchvision {spec.name} checkpoint: {e}. "
-            f"Use {' or '.join(spec.weights.torchvision_files)} ({spec.weights.url})"
+            f"Use {' or '.join(spec.weights.files)} ({spec.weights.url})"
         ) from None
     params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
     validate_params(spec, params, source_file)
-    has_fc = any(k.startswith("fc") for k in params)
-    origin = "torchvision " if source_file in spec.weights.torchvision_files else ""
+    origin = "torchvision " if source_file in spec.weights.files else ""
     metadata = {
         "format": FORMAT,
         "net": spec.name,
         "layout": LAYOUT,
-        "contents": "conv and fc layers" if has_fc else "conv layers only",
+        "contents": "all layers",
         "source_file": source_file,
         "source_sha256": source_sha256,
         "converter": f"jaxsal {_jaxsal_version()} (jaxsal.weights.convert_checkpoint)",

@@ -1,8 +1,9 @@
 """The `Weights` record and the checks every weights file must pass.
 
 Whatever the source (bundled file, converted torchvision checkpoint, user file), the params the
-model sees are validated here against the network's expected key -> shape table: all conv keys,
-and either all fc keys or none (a conv-only file), nothing else, float32.
+model sees are validated here against the network's parameter table (`NetSpec.params`): float32,
+the expected shapes, nothing unknown, and whole stages forming a prefix of the network (a
+conv-only file holds the stages up to the last convolution; targets above need the rest).
 """
 from __future__ import annotations
 
@@ -18,11 +19,9 @@ from jaxsal.weights import safetensors_io
 from jaxsal.weights.hashing import sha256_file
 
 FORMAT = "jaxsal-flat-v1"
+# Recorded in every file (the bundled ones too, whose bytes must not change): linear layers
+# after a flatten have their rows in H,W,C order; batch norm is stored as scale, bias, mean, var.
 LAYOUT = "conv HWIO; fc (in,out), fc1 rows in H,W,C order"
-
-
-def _layer(key: str) -> str:
-    return key.split(".", 1)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +38,11 @@ class Weights:
     sha256: str
     provenance: dict[str, str]
 
-    @property
-    def has_fc(self) -> bool:
-        """True when the fully-connected layers are present (kernel and bias of each fc layer).
-
-        Loading guarantees all-or-none; a layer counts as fc when its name starts with 'fc'.
-        """
-        fc_layers = {_layer(k) for k in self.params if _layer(k).startswith("fc")}
-        return bool(fc_layers) and all(
-            f"{layer}.kernel" in self.params and f"{layer}.bias" in self.params for layer in fc_layers
-        )
+    def missing_stages(self, spec: NetSpec, layer: str | None = None) -> tuple[str, ...]:
+        """The stages with parameters that computing `layer` (None: any layer) needs and these
+        weights lack."""
+        present = {p.stage for p in spec.params if p.key in self.params}
+        return tuple(s for s in spec.weight_stages(layer) if s not in present)
 
     def describe(self) -> str:
         """One line for logs and the metadata sidecar, e.g.
@@ -66,20 +60,22 @@ class Weights:
 
 
 def validate_params(spec: NetSpec, params: dict[str, np.ndarray], where: str) -> None:
-    """Raise `UsageError` unless `params` are exactly `spec`'s conv keys, optionally with all
-    its fc keys, with the expected shapes and float32. `where` names the file in the message."""
-    full = spec.weights.expected(with_fc=True)
-    conv = spec.weights.expected(with_fc=False)
-    fc_keys = set(full) - set(conv)
+    """Raise `UsageError` unless `params` are whole stages of `spec`, from its first stage on,
+    with the expected shapes and float32. `where` names the file in the message."""
+    want = spec.param_shapes()
     keys = set(params)
-    want = full if keys & fc_keys else conv
     problems = []
-    missing = sorted(set(want) - keys)
     extra = sorted(keys - set(want))
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
     if extra:
         problems.append(f"unexpected {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else ""))
+    present = {p.stage for p in spec.params if p.key in keys}
+    stages = spec.weight_stages()
+    upto = max((stages.index(s) for s in present), default=-1)
+    missing = sorted(p.key for p in spec.params if p.stage in stages[: upto + 1] and p.key not in keys)
+    if missing:
+        problems.append(f"missing {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if not present:
+        problems.append("no parameter of it at all")
     for key in sorted(keys & set(want)):
         arr = params[key]
         if tuple(arr.shape) != tuple(want[key]):
@@ -99,8 +95,8 @@ def load_safetensors(spec: NetSpec, path: str | os.PathLike) -> Weights:
     if not path.is_file():
         raise UsageError(f"weights file {path} does not exist (or is not a file)")
     tensors, metadata = safetensors_io.load(path)
-    validate_params(spec, tensors, str(path))
     net = metadata.get("net")
     if net is not None and net != spec.name:
-        raise UsageError(f"{path} holds weights for {net}, not {spec.name}")
+        raise UsageError(f"{path} holds {net} weights, not {spec.name}")
+    validate_params(spec, tensors, str(path))
     return Weights(params=tensors, source=str(path), sha256=sha256_file(path), provenance=metadata)

@@ -6,9 +6,10 @@
    --download` and `jaxsal-convert --src FILE` write);
 4. a torchvision checkpoint in torch's hub cache (`$TORCH_HOME/hub/checkpoints/`, default
    `~/.cache/torch/hub/checkpoints/`), any published file name; it is converted once into (3);
-5. `$DNNBRAIN_DATA/models/<net>.pth`, the original program's location (SPEC §9, §13 row 18),
-   converted in memory; a warning is given when its sha256 matches no published file;
-6. the bundled conv-only weights (conv layers only; fc targets then need one of the above).
+5. `$DNNBRAIN_DATA/models/<original's file name>`, the original program's location (SPEC §9,
+   §13 row 18), converted in memory; a warning is given when its sha256 matches no published file;
+6. the bundled conv-only weights, for the networks that have them (targets above the
+   convolutions then need one of the above).
 
 A path given explicitly (1, 2) must exist: it is an error, never a silent fallback.
 """
@@ -69,9 +70,10 @@ def torch_hub_checkpoint_dir() -> pathlib.Path:
 
 
 def dnnbrain_checkpoint_path(spec: NetSpec) -> pathlib.Path | None:
-    """`$DNNBRAIN_DATA/models/<net>.pth`, the file DNNBrain loads, or None if the variable is unset."""
+    """`$DNNBRAIN_DATA/models/<file>`, the file DNNBrain loads (e.g. alexnet.pth,
+    inception_v3_google.pth), or None if the variable is unset."""
     data = _env_path("DNNBRAIN_DATA")
-    return data / "models" / f"{spec.name.lower()}.pth" if data else None
+    return data / "models" / spec.weights.original if data else None
 
 
 def bundled_weights_path(spec: NetSpec) -> pathlib.Path | None:
@@ -100,17 +102,19 @@ def bundled_weights_path(spec: NetSpec) -> pathlib.Path | None:
     )
 
 
-def fc_weights_missing_message(spec: NetSpec, layer: str | None = None) -> str:
-    """The one-line error for an fc target when only conv weights were found (SPEC §13 row 18)."""
-    what = f"layer {layer!r} of {spec.name}" if layer else f"the fully-connected layers of {spec.name}"
-    first = spec.weights.torchvision_files[0]
+def missing_weights_message(spec: NetSpec, layer: str, missing: tuple[str, ...], weights=None) -> str:
+    """The one-line error for a target whose stages' weights were not found (SPEC §13 row 18)."""
+    held = f" ({weights.describe()})" if weights is not None else ""
+    first = spec.weights.files[0]
     prefix = name_hash_prefix(first)
+    where = f"{spec.weights.url}, sha256 prefix {prefix}" if prefix else spec.weights.url
     return (
-        f"{what} needs the fully-connected weights, but only conv-layer weights were found. "
-        f"Fetch and convert the torchvision checkpoint once with `jaxsal-convert --download` "
-        f"({spec.weights.url}, sha256 prefix {prefix}), or convert a copy you already have with "
-        f"`jaxsal-convert --src {first}`; either stores {cached_weights_path(spec)}, which is then "
-        f"used automatically (or point {WEIGHTS_ENV} at a .safetensors or .pth file)"
+        f"layer {layer!r} of {spec.name} needs the weights of {', '.join(missing)}, which the "
+        f"weights found{held} do not hold. Fetch and convert the full checkpoint once with "
+        f"`jaxsal-convert --download --net {spec.name}` ({where}), or convert a copy you already "
+        f"have with `jaxsal-convert --net {spec.name} --src {first}`; either stores "
+        f"{cached_weights_path(spec)}, which is then used automatically (or point {WEIGHTS_ENV} at "
+        f"a .safetensors or .pth file)"
     )
 
 
@@ -129,7 +133,7 @@ def _load_file(spec: NetSpec, path: pathlib.Path, origin: str) -> Weights:
 
 def _from_torch_hub(spec: NetSpec) -> Weights | None:
     hub = torch_hub_checkpoint_dir()
-    for name in spec.weights.torchvision_files:
+    for name in spec.weights.files:
         src = hub / name
         if src.is_file():
             weights = conversion.load_torch_weights(spec, src)
@@ -146,11 +150,11 @@ def _from_dnnbrain(spec: NetSpec) -> Weights | None:
     if path is None or not path.is_file():
         return None
     weights = conversion.load_torch_weights(spec, path)
-    known = [p for p in (name_hash_prefix(n) for n in spec.weights.torchvision_files) if p]
+    known = [p for p in (name_hash_prefix(n) for n in spec.weights.files) if p]
     if known and not any(weights.sha256.startswith(p) for p in known):
         warnings.warn(
             f"{path} has sha256 {weights.sha256}, which matches none of the published "
-            f"{spec.name} checkpoints ({', '.join(spec.weights.torchvision_files)}); using it anyway",
+            f"{spec.name} checkpoints ({', '.join(spec.weights.files)}); using it anyway",
             WeightsWarning,
             stacklevel=3,
         )
@@ -159,18 +163,19 @@ def _from_dnnbrain(spec: NetSpec) -> Weights | None:
 
 def check_layer_weights(spec: NetSpec, weights: Weights, layer: str):
     """The layer's info (`spec.layer`); a UsageError if it is unknown or `weights` lack what it
-    needs (fc layers need the fc weights). JAX-free, so the CLI checks before importing JAX."""
+    needs. JAX-free, so the command checks before importing JAX."""
     info = spec.layer(layer)
-    if info.needs_fc_weights and not weights.has_fc:
-        raise UsageError(fc_weights_missing_message(spec, layer))
+    missing = weights.missing_stages(spec, layer)
+    if missing:
+        raise UsageError(missing_weights_message(spec, layer, missing, weights))
     return info
 
 
 def load_weights(spec: NetSpec, path: str | os.PathLike | None = None) -> Weights:
     """The weights for `spec`, from `path` or the first source found (see the module docstring).
 
-    Every problem a user can fix raises `UsageError` naming the file and the fix. Callers that
-    need fc layers check `weights.has_fc` and raise `fc_weights_missing_message(spec, layer)`.
+    Every problem a user can fix raises `UsageError` naming the file and the fix. Whether the
+    weights cover a target layer is `check_layer_weights`'s question.
     """
     if path is not None and os.fspath(path) != "":
         return _load_file(spec, pathlib.Path(path).expanduser().absolute(), "given explicitly")
@@ -187,8 +192,10 @@ def load_weights(spec: NetSpec, path: str | os.PathLike | None = None) -> Weight
     bundled = bundled_weights_path(spec)
     if bundled is None:
         raise UsageError(
-            f"no weights found for {spec.name}: run `jaxsal-convert --download`, or set "
-            f"{WEIGHTS_ENV} to a converted .safetensors or a torchvision .pth file"
+            f"no weights found for {spec.name} (none are bundled): run `jaxsal-convert --download "
+            f"--net {spec.name}`, put {spec.weights.files[0]} in the torch hub cache "
+            f"({torch_hub_checkpoint_dir()}), or set {WEIGHTS_ENV} to a converted .safetensors or "
+            f"a torchvision .pth file"
         )
     return params.load_safetensors(spec, bundled)
 
@@ -196,5 +203,5 @@ def load_weights(spec: NetSpec, path: str | os.PathLike | None = None) -> Weight
 __all__ = [
     "WeightsWarning", "cache_dir", "cached_weights_path", "torch_hub_checkpoint_dir",
     "dnnbrain_checkpoint_path", "bundled_weights_path", "check_layer_weights",
-    "fc_weights_missing_message", "load_weights",
+    "missing_weights_message", "load_weights",
 ]

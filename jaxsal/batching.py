@@ -1,6 +1,6 @@
 """Running the core over many images: fixed-size batches, all local devices, overlap, OOM retry.
 
-`jaxsal.saliency.compiled_saliency` is the pure jitted function; this module feeds it.
+`jaxsal.core.compiled_saliency` is the pure jitted function; this module feeds it.
 - Every batch has the same shape (the last one is padded), so a run compiles once.
 - A batch is sharded along the image axis over a 1-D mesh of all local devices (weights are
   replicated); one code path for any device count.
@@ -19,8 +19,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxsal.core import compiled_saliency
 from jaxsal.errors import UsageError
-from jaxsal.saliency import Net, check_method, check_precision, compiled_saliency
+from jaxsal.methods import check_precision
+from jaxsal.net import Net
 
 # Largest batch worth using per platform: beyond it throughput stops growing (CPU caches) while
 # latency to the first figure and host memory keep growing.
@@ -159,7 +161,6 @@ def iter_saliency(
 ) -> Iterator[np.ndarray]:
     """Stream maps batch by batch: yields float32 (K, b, ...) maps for each consecutive batch of
     `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch."""
-    check_method(method)
     check_precision(precision)
     net.check_layer(layer)
     channels = net.spec.check_channels(layer, channels)

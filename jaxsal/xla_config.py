@@ -1,7 +1,9 @@
-"""Process-wide JAX settings that must be made before the first computation.
+"""Process-wide XLA settings, applied only when asked: `tune_cpu` (the command calls it at its
+entry; API users opt in with `jaxsal.tune_cpu()` before their first computation) and the
+persistent compilation cache.
 
-This module must stay free of a top-level `import jax`: `configure_xla_flags` runs when the
-`jaxsal` package is imported, before JAX has read its XLA flags.
+Importing jaxsal changes nothing in the process. This module stays free of a top-level
+`import jax`: `tune_cpu` must run before JAX reads XLA_FLAGS.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ from collections.abc import Mapping, MutableMapping
 # does not know, and its effect may change between releases, so it is added only for the jaxlib
 # versions below, on which it was measured and the parity tests passed. In float64 (x64 mode,
 # API only: the CLI computes in float32) the flag is a loss: Eigen's float64 convolutions measured
-# ~20x slower than the default's (2 vs 50 GFLOP/s on conv2); set JAXSAL_XLA_TUNING=0 for that.
+# ~20x slower than the default's (BENCHMARKS.md); do not call `tune_cpu` for float64 work.
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 EIGEN_CONV_VERIFIED_JAXLIB = frozenset({"0.10.2"})
 
-# Set to 0 to leave XLA_FLAGS alone whatever the version.
+# Set to 0 to make `tune_cpu` (and so the command) leave XLA_FLAGS alone whatever the version.
 OPT_OUT_ENV = "JAXSAL_XLA_TUNING"
 
 
@@ -102,11 +104,13 @@ def _backend_initialised() -> bool:
     return bool(getattr(bridge, "_backends", None)) if bridge is not None else False
 
 
-def configure_xla_flags(environ: MutableMapping[str, str] | None = None) -> list[str]:
+def tune_cpu(environ: MutableMapping[str, str] | None = None) -> list[str]:
     """Append jaxsal's verified XLA CPU flags to XLA_FLAGS, never overriding the user's.
 
-    Called when `jaxsal` is imported, before JAX reads XLA_FLAGS (at its first computation).
-    Cheap (no JAX import; well under a millisecond). Returns the flags it added.
+    Helps float32 saliency maps on CPUs (~1.2x); hurts float64 convolutions (~20x slower), and
+    changes every JAX computation of the process, not only jaxsal's. Effective only before JAX
+    initialises its backend (its first computation); afterwards it does nothing. Cheap (no JAX
+    import). Returns the flags it added.
     """
     environ = os.environ if environ is None else environ
     if _backend_initialised():

@@ -3,8 +3,8 @@
 Both functions compute exactly what the textbook operation computes; they exist because XLA's
 CPU gradients for the textbook forms are slow (see BENCHMARKS.md):
 
-* `max_pool_3x3_s2`: 3x3/stride-2 VALID max-pool with a custom VJP that remembers which of the
-  9 window positions won (first maximum in scan order wins, PyTorch's tie rule) and scatters the
+* `max_pool`: torch's max-pool with a custom VJP that remembers which of the k*k window
+  positions won (first maximum in scan order wins, PyTorch's tie rule) and scatters the
   cotangent back with strided pads, instead of XLA's select-and-scatter.
 * `conv_space_to_depth`: a stride-s convolution rewritten as a stride-1 convolution over s x s
   pixel blocks folded into channels (AlexNet's 11x11/4 conv1 becomes a 3x3/1 conv over 48
@@ -14,30 +14,43 @@ Both are shape- and dtype-generic over leading batch dimensions (NHWC on the las
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-_K, _S = 3, 2  # AlexNet's pools: window 3, stride 2, VALID (floor mode)
+def _pool_geometry(h: int, k: int, s: int, p: int, ceil: bool) -> tuple[int, int]:
+    """(output size, padding needed on the high side) of torch's max-pool along one axis."""
+    span = h + 2 * p - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= h + p:
+        out -= 1
+    return out, max(0, (out - 1) * s + k - h - p)
 
 
-def _window_views(x):
-    """The 9 strided views x[..., dy::2, dx::2, :] that make up the 3x3/2 pooling windows."""
+def _window_views(x, k: int, s: int, p: int, ceil: bool):
+    """The k*k strided views x[..., dy::s, dx::s, :] that make up the pooling windows (the
+    input padded with -inf where torch's padding or ceil mode reach past it)."""
     *lead, h, w, c = x.shape
-    ho, wo = (h - _K) // _S + 1, (w - _K) // _S + 1
+    ho, high_h = _pool_geometry(h, k, s, p, ceil)
+    wo, high_w = _pool_geometry(w, k, s, p, ceil)
     nlead = len(lead)
+    if p or high_h or high_w:
+        cfg = [(0, 0)] * nlead + [(p, high_h), (p, high_w), (0, 0)]
+        x = jnp.pad(x, cfg, constant_values=-jnp.inf)
     views = []
-    for dy in range(_K):
-        for dx in range(_K):
+    for dy in range(k):
+        for dx in range(k):
             start = (0,) * nlead + (dy, dx, 0)
-            limit = tuple(lead) + (dy + _S * (ho - 1) + 1, dx + _S * (wo - 1) + 1, c)
-            strides = (1,) * nlead + (_S, _S, 1)
+            limit = tuple(lead) + (dy + s * (ho - 1) + 1, dx + s * (wo - 1) + 1, c)
+            strides = (1,) * nlead + (s, s, 1)
             views.append(lax.slice(x, start, limit, strides))
     return views
 
 
-def _pool_fwd_impl(x):
-    views = _window_views(x)
+def _pool_fwd_impl(x, k, s, p, ceil):
+    views = _window_views(x, k, s, p, ceil)
     best, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
     for i, v in enumerate(views[1:], start=1):
         better = v > best  # strict: the first maximum in scan order keeps the gradient
@@ -46,30 +59,33 @@ def _pool_fwd_impl(x):
     return best, arg
 
 
-@jax.custom_vjp
-def max_pool_3x3_s2(x):
-    """3x3 stride-2 VALID max-pool over axes (-3, -2) of an NHWC array."""
-    return _pool_fwd_impl(x)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def max_pool(x, window: int = 3, stride: int = 2, padding: int = 0, ceil: bool = False):
+    """torch's MaxPool2d(window, stride, padding, ceil_mode=ceil) over axes (-3, -2) of an NHWC
+    array (any leading dimensions)."""
+    return _pool_fwd_impl(x, window, stride, padding, ceil)[0]
 
 
-def _pool_fwd(x):
-    best, arg = _pool_fwd_impl(x)
+def _pool_fwd(x, k, s, p, ceil):
+    best, arg = _pool_fwd_impl(x, k, s, p, ceil)
     return best, (arg, x.shape)
 
 
-def _pool_bwd(res, g):
+def _pool_bwd(k, s, p, ceil, res, g):
     arg, in_shape = res
     h, w = in_shape[-3], in_shape[-2]
     ho, wo = g.shape[-3], g.shape[-2]
     nlead = g.ndim - 3
     zero = jnp.zeros((), g.dtype)
     out = None
-    for i in range(_K * _K):
-        dy, dx = divmod(i, _K)
+    for i in range(k * k):
+        dy, dx = divmod(i, k)
         part = jnp.where(arg == i, g, zero)
+        # Output (i, j) of view (dy, dx) came from input (i*s + dy - p, j*s + dx - p); negative
+        # edge padding crops what fell on the -inf padding.
         cfg = [(0, 0, 0)] * nlead + [
-            (dy, h - dy - _S * (ho - 1) - 1, _S - 1),
-            (dx, w - dx - _S * (wo - 1) - 1, _S - 1),
+            (dy - p, h - (dy - p) - s * (ho - 1) - 1, s - 1),
+            (dx - p, w - (dx - p) - s * (wo - 1) - 1, s - 1),
             (0, 0, 0),
         ]
         part = lax.pad(part, zero, cfg)
@@ -77,7 +93,7 @@ def _pool_bwd(res, g):
     return (out,)
 
 
-max_pool_3x3_s2.defvjp(_pool_fwd, _pool_bwd)
+max_pool.defvjp(_pool_fwd, _pool_bwd)
 
 
 def conv_space_to_depth(x, kernel, stride: int, padding: int, precision=None):

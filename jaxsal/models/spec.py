@@ -1,0 +1,165 @@
+"""`NetSpec`: one network's description, and everything derived from it (no JAX).
+
+A network module (`jaxsal/models/alexnet.py`, ...) states its stages, input size,
+preprocessing and weight sources. From those this module derives the layer table (names,
+kinds, output shapes, affinity), the parameter table (flat keys, shapes, torchvision keys and
+layout rules) and the checks of a command's layer and channels. The Flax module is derived in
+`jaxsal.models.network`, the weight conversion in `jaxsal.weights.conversion`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from jaxsal.errors import UsageError
+from jaxsal.models.layers import ParamBackend, ShapeBackend, run_stages
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Image -> network input: PIL bilinear resize to `size` x `size` (no crop), pixel / 255 *
+    `scale`, minus `mean`, divided by `std`, per RGB channel (SPEC §3; VggFace: scale 255, its
+    own mean, std 1)."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    """Where a network's pretrained weights come from (see `jaxsal.weights`).
+
+    files: published checkpoint names, newest first (torchvision's carry their sha256 prefix);
+    url: download URL of the first; original: the file name DNNBrain loads from
+    `$DNNBRAIN_DATA/models`; bundled: a file of the package's weights/ folder, or None;
+    ignored_torch_keys: key prefixes of a checkpoint that jaxsal does not use (aux heads)."""
+
+    files: tuple[str, ...]
+    url: str | None
+    original: str
+    bundled: str | None = None
+    ignored_torch_keys: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """One named layer. `kind` 'conv' (output C,H,W; target = the channel's mean) or 'fc'
+    (output F; target = the unit). `shape` is channel-first as in the original program.
+    `affine`: an affine function of the layer below (a raw conv, linear or batch-norm output,
+    with only affine glue such as a flatten in between); `jaxsal.core.gradients` then skips the
+    target layer's batched backward pass."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    affine: bool = False
+
+    @property
+    def width(self) -> int:
+        """Number of channels (conv) or units (fc): valid 1-based channel numbers are 1..width."""
+        return self.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """A network: its name (`-net`), its stages (`jaxsal.models.layers`), preprocessing,
+    weights, and the layer Grad-CAM uses for targets above it (the last conv-like block)."""
+
+    name: str
+    stages: tuple
+    preprocessing: Preprocessing
+    weights: WeightSource
+    cam_layer: str
+
+    def __post_init__(self):
+        names = [s.name for s in self.stages if s.name]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: duplicate layer names")
+        if self.cam_layer not in names:
+            raise ValueError(f"{self.name}: cam_layer {self.cam_layer!r} is not a layer")
+
+    # -- derived tables ------------------------------------------------------------------------
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.size
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.input_size, self.input_size)
+
+    @functools.cached_property
+    def layers(self) -> tuple[LayerInfo, ...]:
+        out = []
+        glue_affine = [True]  # the unnamed stages since the last layer are all affine
+
+        def record(stage, shape):
+            if not stage.name:
+                glue_affine[0] &= stage.affine
+                return
+            kind = "conv" if len(shape) == 3 else "fc"
+            out.append(LayerInfo(stage.name, kind, tuple(shape), stage.affine and glue_affine[0]))
+            glue_affine[0] = True
+
+        run_stages(self.stages, self.input_shape, ShapeBackend(), record)
+        return tuple(out)
+
+    @functools.cached_property
+    def params(self) -> tuple:
+        """Every parameter (`jaxsal.models.layers.Param`), in forward order."""
+        backend = ParamBackend()
+        run_stages(self.stages, self.input_shape, backend)
+        return tuple(backend.found)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    def layer(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise UsageError(
+            f"unknown layer {name!r} for {self.name}; valid layers: {', '.join(self.layer_names)}"
+        )
+
+    def weight_stages(self, layer: str | None = None) -> tuple[str, ...]:
+        """The stages with parameters that computing `layer` needs (all of them for None)."""
+        stages, seen = [], set()
+        for p in self.params:
+            if p.stage not in seen:
+                seen.add(p.stage)
+                stages.append(p.stage)
+        if layer is None:
+            return tuple(stages)
+        order = [s.name for s in self.stages]
+        upto = order.index(self.layer(layer).name)
+        return tuple(s for s in stages if order.index(s) <= upto)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Flat jaxsal key -> shape of every parameter."""
+        return {p.key: p.shape for p in self.params}
+
+    # -- checks of a request ------------------------------------------------------------------
+
+    def check_channels(self, layer: str, channels) -> tuple[int, ...]:
+        """Validate 1-based channel numbers for `layer`; returns them as a tuple of ints."""
+        info = self.layer(layer)
+        channels = tuple(int(c) for c in channels)
+        if not channels:
+            raise UsageError("no channel given: name at least one channel number, e.g. -chn 1")
+        bad = [c for c in channels if not 1 <= c <= info.width]
+        if bad:
+            raise UsageError(
+                f"channel number(s) {', '.join(map(str, bad))} out of range for {self.name} layer "
+                f"{layer!r}, which has {info.width} channels: use 1..{info.width} (1-based)"
+            )
+        return channels
+
+    def conv_layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers if layer.kind == "conv")
