@@ -1,5 +1,7 @@
-"""The built-in networks: the original's seven (SPEC §8) and VGG-16 and ResNet-50."""
+"""The built-in networks: the original's seven (SPEC §8), then VGG-16 and ResNet-50."""
 from jaxsal.models.alexnet import ALEXNET
+from jaxsal.models.inception import GOOGLENET, INCEPTION_V3
+from jaxsal.models.resnet import RESNET50, RESNET152
 from jaxsal.models.vgg import VGG11, VGG16, VGG19_BN, VGG_FACE
 
-NETWORKS = (ALEXNET, VGG_FACE, VGG11, VGG19_BN, VGG16)
+NETWORKS = (ALEXNET, VGG_FACE, VGG11, VGG19_BN, GOOGLENET, RESNET152, INCEPTION_V3, VGG16, RESNET50)
