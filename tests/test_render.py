@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsal import render
+from jaxsal import atomic, render
 from jaxsal.errors import UsageError
 from jaxsal.render import FigureJob, build_figure, render_figure, save_jpeg, to_display
+from jaxsal.render import fast_redraw, show
 
 # --------------------------------------------------------------------------------------------
 # Gradient -> uint8 (SPEC §10.1)
@@ -300,7 +301,7 @@ def test_save_is_atomic_when_rename_fails(tmp_path, monkeypatch):
         assert os.path.exists(src)  # the temp file was fully written first
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(render.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space left"):
         save_jpeg(fig, tmp_path / "fig.jpg")
     assert sorted(os.listdir(tmp_path)) == ["fig.jpg"]  # no temp file left behind
@@ -377,7 +378,7 @@ def test_process_pool_matches_in_process_and_does_not_import_jax(tmp_path):
 
 
 def test_pool_workers_exit_cleanly_after_their_figures_are_written(tmp_path):
-    """Workers skip the interpreter's teardown at exit (render._exit_now); every figure must be
+    """Workers skip the interpreter's teardown at exit (render.pool._exit_now); every figure must be
     complete on disk when its result arrives, and the workers must still exit with status 0."""
     jobs = [dataclasses.replace(_job(tmp_path, 6, (294, 23), seed=s),
                                 out_path=str(tmp_path / f"exit{s}.jpg")) for s in range(3)]
@@ -394,7 +395,7 @@ def test_pool_workers_exit_cleanly_after_their_figures_are_written(tmp_path):
 
 
 def test_show_figure_headless_returns_false(tmp_path, monkeypatch):
-    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.setattr(show.sys, "platform", "linux")
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert render.can_show() is False
@@ -405,7 +406,7 @@ def test_show_figure_headless_returns_false(tmp_path, monkeypatch):
 def test_can_show_needs_an_interactive_backend(monkeypatch):
     import matplotlib.pyplot as plt
 
-    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.setattr(show.sys, "platform", "linux")
     monkeypatch.setenv("DISPLAY", ":0")
     monkeypatch.setattr(plt, "get_backend", lambda: "agg")
     assert render.can_show() is False
@@ -415,7 +416,7 @@ def test_can_show_needs_an_interactive_backend(monkeypatch):
 
 def _reference_jpeg(job):
     """The figure drawn the plain way, as the original does: a new figure, one imshow per cell,
-    ``fig.tight_layout()``, savefig. Independent of render.py's reuse and layout cache."""
+    ``fig.tight_layout()``, savefig. Independent of jaxsal.render's reuse and layout cache."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -446,9 +447,9 @@ def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_pat
     shapes, remembers tight_layout's result and the drawn background per layout key (a lean
     background once checked against a full draw), and then draws only images and frames; the
     bytes must equal a plain matplotlib figure's, for hits and misses of every kind."""
-    render._CANVASES.clear()
-    render._TIGHT_LAYOUTS.clear()
-    monkeypatch.setattr(render, "_LEAN_BACKGROUND", None)
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", None)
     rng = np.random.default_rng(9)
     other_shapes = dataclasses.replace(
         _job(tmp_path, 6, (294, 23), "RGB", seed=6),
@@ -477,17 +478,17 @@ def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_pat
         job = dataclasses.replace(job, out_path=str(tmp_path / f"reused{i}.jpg"))
         render_figure(job)
         assert (tmp_path / f"reused{i}.jpg").read_bytes() == _reference_jpeg(job), f"figure {i}"
-    assert set(render._CANVASES) == {(3, 6), (2, 1)}
-    assert render._LEAN_BACKGROUND is True  # the checked lean background drew all but the first
+    assert set(fast_redraw._CANVASES) == {(3, 6), (2, 1)}
+    assert fast_redraw._LEAN_BACKGROUND is True  # the checked lean background drew all but the first
 
 
 def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, monkeypatch):
     """If the lean background misses something a full draw shows (here a stray line, as a
     matplotlibrc or another matplotlib could add), the process keeps to the full draw."""
-    render._CANVASES.clear()
-    render._TIGHT_LAYOUTS.clear()
-    monkeypatch.setattr(render, "_LEAN_BACKGROUND", None)
-    lean = render._lean_background
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", None)
+    lean = fast_redraw._lean_background
 
     def missing_a_line(fig):
         lean(fig)
@@ -496,7 +497,7 @@ def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, m
         from matplotlib.transforms import IdentityTransform
         fig.canvas.get_renderer().draw_path(gc, Path([(10, 10), (200, 10)]), IdentityTransform())
 
-    monkeypatch.setattr(render, "_lean_background", missing_a_line)
+    monkeypatch.setattr(fast_redraw, "_lean_background", missing_a_line)
     for seed, shapes in [(1, None), (2, (40, 30, 3))]:
         job = _job(tmp_path, 6, (294, 23), "RGB", seed=seed)
         if shapes is not None:  # a new layout: another background
@@ -504,16 +505,17 @@ def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, m
         job = dataclasses.replace(job, out_path=str(tmp_path / f"full{seed}.jpg"))
         render_figure(job)
         assert (tmp_path / f"full{seed}.jpg").read_bytes() == _reference_jpeg(job)
-    assert render._LEAN_BACKGROUND is False
+    assert fast_redraw._LEAN_BACKGROUND is False
 
 
 def test_warmed_up_worker_draws_the_plain_figure(tmp_path):
-    render._CANVASES.clear()
+    fast_redraw._CANVASES.clear()
     render.warm_up(3, 6)
     job = dataclasses.replace(_job(tmp_path, 6, (294, 23), "RGB", seed=1),
                               out_path=str(tmp_path / "warm.jpg"))
     render_figure(job)
     assert (tmp_path / "warm.jpg").read_bytes() == _reference_jpeg(job)
+
 
 
 # --------------------------------------------------------------------------------------------
