@@ -517,6 +517,103 @@ def test_warmed_up_worker_draws_the_plain_figure(tmp_path):
     assert (tmp_path / "warm.jpg").read_bytes() == _reference_jpeg(job)
 
 
+def _fast_and_plain(tmp_path, job, name):
+    """(bytes of the fast redraw, bytes of the plain reference path) of one job."""
+    fast = dataclasses.replace(job, out_path=str(tmp_path / f"{name}_fast.jpg"))
+    plain = dataclasses.replace(job, out_path=str(tmp_path / f"{name}_plain.jpg"))
+    assert render_figure(fast, fast=True) == fast.out_path
+    assert render_figure(plain, fast=False) == plain.out_path
+    return (tmp_path / f"{name}_fast.jpg").read_bytes(), (tmp_path / f"{name}_plain.jpg").read_bytes()
+
+
+def _redraw_sequence(tmp_path):
+    """Jobs that hit and miss the fast redraw's caches: a new grid, the same layout with other
+    pixels, other image shapes, other labels and styles, an overlay, and back."""
+    rng = np.random.default_rng(21)
+    underlays = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    return [
+        _job(tmp_path, 6, (294, 23), "RGB", seed=1),
+        _job(tmp_path, 6, (294, 23), "RGB", seed=2),               # hit: other pixels
+        _job(tmp_path, 6, (294, 23), "gray", seed=3),
+        _job(tmp_path, 6, (294, 23), "gray", seed=4),              # hit
+        dataclasses.replace(_job(tmp_path, 6, (294, 23), "RGB", seed=5),
+                            stimuli=[rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)] * 6),
+        _job(tmp_path, 6, (7, 8), "gray", seed=6, cmap="gray", vmin=20, vmax=220),
+        _job(tmp_path, 6, (294, 23), "gray", seed=7, cmap="jet", alpha=0.4, underlays=underlays),
+        _job(tmp_path, 6, (294, 23), "gray", seed=8, cmap="jet", alpha=0.4,
+             underlays=underlays[::-1]),                           # hit with -overlay
+        _job(tmp_path, 2, (5,), "RGB", seed=9),                    # another grid shape
+        _job(tmp_path, 6, (294, 23), "RGB", seed=10),              # the first layout again
+    ]
+
+
+def test_fast_redraw_writes_the_bytes_of_the_plain_path(tmp_path, monkeypatch):
+    """The switch's two paths agree, figure by figure, on hits and misses of every cache; the
+    plain path is also the independent plain figure of this test module."""
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", None)
+    for i, job in enumerate(_redraw_sequence(tmp_path)):
+        fast, plain = _fast_and_plain(tmp_path, job, f"fig{i}")
+        assert fast == plain, f"figure {i}"
+    assert plain == _reference_jpeg(job)
+    assert fast_redraw._LEAN_BACKGROUND is True
+
+
+@pytest.mark.parametrize("value, fast", [("0", False), ("off", False), ("1", True), (None, True)])
+def test_the_environment_switch(tmp_path, monkeypatch, value, fast):
+    fast_redraw._CANVASES.clear()
+    if value is None:
+        monkeypatch.delenv(fast_redraw.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(fast_redraw.ENV_VAR, value)
+    assert fast_redraw.enabled() is fast
+    job = dataclasses.replace(_job(tmp_path, 1, (5,), seed=3), out_path=str(tmp_path / "e.jpg"))
+    render.warm_up(2, 1)
+    render_figure(job)
+    assert bool(fast_redraw._CANVASES) is fast  # the plain path keeps no figure
+    assert (tmp_path / "e.jpg").read_bytes() == _reference_jpeg(job)
+
+
+def _stale_pixels(monkeypatch):
+    monkeypatch.setattr(fast_redraw, "_set_cell_data", lambda artists, images, job: None)
+
+
+def _background_without_labels(monkeypatch):
+    def lean(fig):
+        for ax in fig.axes:
+            ax.yaxis.label.set_visible(False)
+        fig.canvas.get_renderer().clear()
+        fig.patch.draw(fig.canvas.get_renderer())
+
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", True)  # trusted without the check
+    monkeypatch.setattr(fast_redraw, "_lean_background", lean)
+
+
+class _AnyKey(dict):
+    def get(self, key, default=None):
+        return next(iter(self.values()), default)
+
+
+def _layout_of_another_key(monkeypatch):
+    monkeypatch.setattr(fast_redraw, "_TIGHT_LAYOUTS", _AnyKey())
+
+
+@pytest.mark.parametrize("breakage",
+                         [_stale_pixels, _background_without_labels, _layout_of_another_key])
+def test_the_identity_check_catches_a_broken_fast_path(tmp_path, monkeypatch, breakage):
+    """A fast path that keeps stale pixels, draws a wrong background or reuses the wrong layout
+    fails the comparison above; the switch turned off does not use it."""
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    jobs = [_redraw_sequence(tmp_path)[i] for i in (0, 1, 4)]  # miss, hit, new layout
+    breakage(monkeypatch)
+    results = [_fast_and_plain(tmp_path, job, f"broken{i}") for i, job in enumerate(jobs)]
+    assert any(fast != plain for fast, plain in results)
+    assert all(plain == _reference_jpeg(job) for (_, plain), job in zip(results, jobs))
+    monkeypatch.undo()
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
 
 # --------------------------------------------------------------------------------------------
 # Display copies of large stimuli
