@@ -49,7 +49,8 @@ class MapWriter:
             self._maps.flush()
             arrays = {key: np.asarray(value) for key, value in self.meta.items()}
             with atomic_path(self.path) as tmp:
-                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                                     allowZip64=True) as zf:
                     with zf.open("maps.npy", "w", force_zip64=True) as f:
                         np.lib.format.write_array(f, self._maps, allow_pickle=False)
                     for key, value in arrays.items():

@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import os
+import pathlib
 import pickle
 import warnings
 
@@ -479,7 +480,8 @@ def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_pat
         render_figure(job)
         assert (tmp_path / f"reused{i}.jpg").read_bytes() == _reference_jpeg(job), f"figure {i}"
     assert set(fast_redraw._CANVASES) == {(3, 6), (2, 1)}
-    assert fast_redraw._LEAN_BACKGROUND is True  # the checked lean background drew all but the first
+    # the checked lean background drew all but the first
+    assert fast_redraw._LEAN_BACKGROUND is True
 
 
 def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, monkeypatch):
@@ -523,7 +525,7 @@ def _fast_and_plain(tmp_path, job, name):
     plain = dataclasses.replace(job, out_path=str(tmp_path / f"{name}_plain.jpg"))
     assert render_figure(fast, fast=True) == fast.out_path
     assert render_figure(plain, fast=False) == plain.out_path
-    return (tmp_path / f"{name}_fast.jpg").read_bytes(), (tmp_path / f"{name}_plain.jpg").read_bytes()
+    return pathlib.Path(fast.out_path).read_bytes(), pathlib.Path(plain.out_path).read_bytes()
 
 
 def _redraw_sequence(tmp_path):

@@ -1,4 +1,4 @@
-"""What is drawn: saliency maps to uint8 images (SPEC §10.1), and stimuli at the size a figure shows.
+"""What is drawn: maps to uint8 images (SPEC §10.1), and stimuli at the size a figure shows.
 
 numpy only (display copies take a PIL image), so the transform is tested on its own, with golden
 values, and runs wherever the maps are.
