@@ -14,6 +14,8 @@ import zipfile
 
 import numpy as np
 
+from jaxsal.atomic import atomic_path
+
 
 class MapWriter:
     """Collects maps (n_channels, n_stimuli, 3, S, S) float32 and metadata into one .npz file.
@@ -41,19 +43,20 @@ class MapWriter:
         self._maps[:, np.asarray(indices)] = maps
 
     def commit(self) -> pathlib.Path:
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        """Pack the maps and metadata into the .npz, written whole or not at all
+        (`jaxsal.atomic.atomic_path`); the scratch file is dropped either way."""
         try:
             self._maps.flush()
             arrays = {key: np.asarray(value) for key, value in self.meta.items()}
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                with zf.open("maps.npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, self._maps, allow_pickle=False)
-                for key, value in arrays.items():
-                    with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
-                        np.lib.format.write_array(f, value, allow_pickle=False)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                                     allowZip64=True) as zf:
+                    with zf.open("maps.npy", "w", force_zip64=True) as f:
+                        np.lib.format.write_array(f, self._maps, allow_pickle=False)
+                    for key, value in arrays.items():
+                        with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                            np.lib.format.write_array(f, value, allow_pickle=False)
         finally:
-            tmp.unlink(missing_ok=True)
             self.abort()
         return self.path
 

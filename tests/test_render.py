@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import os
+import pathlib
 import pickle
 import warnings
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsal import render
+from jaxsal import atomic, render
 from jaxsal.errors import UsageError
 from jaxsal.render import FigureJob, build_figure, render_figure, save_jpeg, to_display
+from jaxsal.render import fast_redraw, show
 
 # --------------------------------------------------------------------------------------------
 # Gradient -> uint8 (SPEC §10.1)
@@ -300,7 +302,7 @@ def test_save_is_atomic_when_rename_fails(tmp_path, monkeypatch):
         assert os.path.exists(src)  # the temp file was fully written first
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(render.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space left"):
         save_jpeg(fig, tmp_path / "fig.jpg")
     assert sorted(os.listdir(tmp_path)) == ["fig.jpg"]  # no temp file left behind
@@ -377,7 +379,7 @@ def test_process_pool_matches_in_process_and_does_not_import_jax(tmp_path):
 
 
 def test_pool_workers_exit_cleanly_after_their_figures_are_written(tmp_path):
-    """Workers skip the interpreter's teardown at exit (render._exit_now); every figure must be
+    """Workers skip the interpreter's teardown at exit (render.pool._exit_now); every figure must be
     complete on disk when its result arrives, and the workers must still exit with status 0."""
     jobs = [dataclasses.replace(_job(tmp_path, 6, (294, 23), seed=s),
                                 out_path=str(tmp_path / f"exit{s}.jpg")) for s in range(3)]
@@ -394,7 +396,7 @@ def test_pool_workers_exit_cleanly_after_their_figures_are_written(tmp_path):
 
 
 def test_show_figure_headless_returns_false(tmp_path, monkeypatch):
-    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.setattr(show.sys, "platform", "linux")
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert render.can_show() is False
@@ -405,7 +407,7 @@ def test_show_figure_headless_returns_false(tmp_path, monkeypatch):
 def test_can_show_needs_an_interactive_backend(monkeypatch):
     import matplotlib.pyplot as plt
 
-    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.setattr(show.sys, "platform", "linux")
     monkeypatch.setenv("DISPLAY", ":0")
     monkeypatch.setattr(plt, "get_backend", lambda: "agg")
     assert render.can_show() is False
@@ -415,7 +417,7 @@ def test_can_show_needs_an_interactive_backend(monkeypatch):
 
 def _reference_jpeg(job):
     """The figure drawn the plain way, as the original does: a new figure, one imshow per cell,
-    ``fig.tight_layout()``, savefig. Independent of render.py's reuse and layout cache."""
+    ``fig.tight_layout()``, savefig. Independent of jaxsal.render's reuse and layout cache."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -446,9 +448,9 @@ def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_pat
     shapes, remembers tight_layout's result and the drawn background per layout key (a lean
     background once checked against a full draw), and then draws only images and frames; the
     bytes must equal a plain matplotlib figure's, for hits and misses of every kind."""
-    render._CANVASES.clear()
-    render._TIGHT_LAYOUTS.clear()
-    monkeypatch.setattr(render, "_LEAN_BACKGROUND", None)
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", None)
     rng = np.random.default_rng(9)
     other_shapes = dataclasses.replace(
         _job(tmp_path, 6, (294, 23), "RGB", seed=6),
@@ -477,17 +479,18 @@ def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_pat
         job = dataclasses.replace(job, out_path=str(tmp_path / f"reused{i}.jpg"))
         render_figure(job)
         assert (tmp_path / f"reused{i}.jpg").read_bytes() == _reference_jpeg(job), f"figure {i}"
-    assert set(render._CANVASES) == {(3, 6), (2, 1)}
-    assert render._LEAN_BACKGROUND is True  # the checked lean background drew all but the first
+    assert set(fast_redraw._CANVASES) == {(3, 6), (2, 1)}
+    # the checked lean background drew all but the first
+    assert fast_redraw._LEAN_BACKGROUND is True
 
 
 def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, monkeypatch):
     """If the lean background misses something a full draw shows (here a stray line, as a
     matplotlibrc or another matplotlib could add), the process keeps to the full draw."""
-    render._CANVASES.clear()
-    render._TIGHT_LAYOUTS.clear()
-    monkeypatch.setattr(render, "_LEAN_BACKGROUND", None)
-    lean = render._lean_background
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", None)
+    lean = fast_redraw._lean_background
 
     def missing_a_line(fig):
         lean(fig)
@@ -496,7 +499,7 @@ def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, m
         from matplotlib.transforms import IdentityTransform
         fig.canvas.get_renderer().draw_path(gc, Path([(10, 10), (200, 10)]), IdentityTransform())
 
-    monkeypatch.setattr(render, "_lean_background", missing_a_line)
+    monkeypatch.setattr(fast_redraw, "_lean_background", missing_a_line)
     for seed, shapes in [(1, None), (2, (40, 30, 3))]:
         job = _job(tmp_path, 6, (294, 23), "RGB", seed=seed)
         if shapes is not None:  # a new layout: another background
@@ -504,17 +507,115 @@ def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, m
         job = dataclasses.replace(job, out_path=str(tmp_path / f"full{seed}.jpg"))
         render_figure(job)
         assert (tmp_path / f"full{seed}.jpg").read_bytes() == _reference_jpeg(job)
-    assert render._LEAN_BACKGROUND is False
+    assert fast_redraw._LEAN_BACKGROUND is False
 
 
 def test_warmed_up_worker_draws_the_plain_figure(tmp_path):
-    render._CANVASES.clear()
+    fast_redraw._CANVASES.clear()
     render.warm_up(3, 6)
     job = dataclasses.replace(_job(tmp_path, 6, (294, 23), "RGB", seed=1),
                               out_path=str(tmp_path / "warm.jpg"))
     render_figure(job)
     assert (tmp_path / "warm.jpg").read_bytes() == _reference_jpeg(job)
 
+
+def _fast_and_plain(tmp_path, job, name):
+    """(bytes of the fast redraw, bytes of the plain reference path) of one job."""
+    fast = dataclasses.replace(job, out_path=str(tmp_path / f"{name}_fast.jpg"))
+    plain = dataclasses.replace(job, out_path=str(tmp_path / f"{name}_plain.jpg"))
+    assert render_figure(fast, fast=True) == fast.out_path
+    assert render_figure(plain, fast=False) == plain.out_path
+    return pathlib.Path(fast.out_path).read_bytes(), pathlib.Path(plain.out_path).read_bytes()
+
+
+def _redraw_sequence(tmp_path):
+    """Jobs that hit and miss the fast redraw's caches: a new grid, the same layout with other
+    pixels, other image shapes, other labels and styles, an overlay, and back."""
+    rng = np.random.default_rng(21)
+    underlays = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    return [
+        _job(tmp_path, 6, (294, 23), "RGB", seed=1),
+        _job(tmp_path, 6, (294, 23), "RGB", seed=2),               # hit: other pixels
+        _job(tmp_path, 6, (294, 23), "gray", seed=3),
+        _job(tmp_path, 6, (294, 23), "gray", seed=4),              # hit
+        dataclasses.replace(_job(tmp_path, 6, (294, 23), "RGB", seed=5),
+                            stimuli=[rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)] * 6),
+        _job(tmp_path, 6, (7, 8), "gray", seed=6, cmap="gray", vmin=20, vmax=220),
+        _job(tmp_path, 6, (294, 23), "gray", seed=7, cmap="jet", alpha=0.4, underlays=underlays),
+        _job(tmp_path, 6, (294, 23), "gray", seed=8, cmap="jet", alpha=0.4,
+             underlays=underlays[::-1]),                           # hit with -overlay
+        _job(tmp_path, 2, (5,), "RGB", seed=9),                    # another grid shape
+        _job(tmp_path, 6, (294, 23), "RGB", seed=10),              # the first layout again
+    ]
+
+
+def test_fast_redraw_writes_the_bytes_of_the_plain_path(tmp_path, monkeypatch):
+    """The switch's two paths agree, figure by figure, on hits and misses of every cache; the
+    plain path is also the independent plain figure of this test module."""
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", None)
+    for i, job in enumerate(_redraw_sequence(tmp_path)):
+        fast, plain = _fast_and_plain(tmp_path, job, f"fig{i}")
+        assert fast == plain, f"figure {i}"
+    assert plain == _reference_jpeg(job)
+    assert fast_redraw._LEAN_BACKGROUND is True
+
+
+@pytest.mark.parametrize("value, fast", [("0", False), ("off", False), ("1", True), (None, True)])
+def test_the_environment_switch(tmp_path, monkeypatch, value, fast):
+    fast_redraw._CANVASES.clear()
+    if value is None:
+        monkeypatch.delenv(fast_redraw.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(fast_redraw.ENV_VAR, value)
+    assert fast_redraw.enabled() is fast
+    job = dataclasses.replace(_job(tmp_path, 1, (5,), seed=3), out_path=str(tmp_path / "e.jpg"))
+    render.warm_up(2, 1)
+    render_figure(job)
+    assert bool(fast_redraw._CANVASES) is fast  # the plain path keeps no figure
+    assert (tmp_path / "e.jpg").read_bytes() == _reference_jpeg(job)
+
+
+def _stale_pixels(monkeypatch):
+    monkeypatch.setattr(fast_redraw, "_set_cell_data", lambda artists, images, job: None)
+
+
+def _background_without_labels(monkeypatch):
+    def lean(fig):
+        for ax in fig.axes:
+            ax.yaxis.label.set_visible(False)
+        fig.canvas.get_renderer().clear()
+        fig.patch.draw(fig.canvas.get_renderer())
+
+    monkeypatch.setattr(fast_redraw, "_LEAN_BACKGROUND", True)  # trusted without the check
+    monkeypatch.setattr(fast_redraw, "_lean_background", lean)
+
+
+class _AnyKey(dict):
+    def get(self, key, default=None):
+        return next(iter(self.values()), default)
+
+
+def _layout_of_another_key(monkeypatch):
+    monkeypatch.setattr(fast_redraw, "_TIGHT_LAYOUTS", _AnyKey())
+
+
+@pytest.mark.parametrize("breakage",
+                         [_stale_pixels, _background_without_labels, _layout_of_another_key])
+def test_the_identity_check_catches_a_broken_fast_path(tmp_path, monkeypatch, breakage):
+    """A fast path that keeps stale pixels, draws a wrong background or reuses the wrong layout
+    fails the comparison above; the switch turned off does not use it."""
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
+    jobs = [_redraw_sequence(tmp_path)[i] for i in (0, 1, 4)]  # miss, hit, new layout
+    breakage(monkeypatch)
+    results = [_fast_and_plain(tmp_path, job, f"broken{i}") for i, job in enumerate(jobs)]
+    assert any(fast != plain for fast, plain in results)
+    assert all(plain == _reference_jpeg(job) for (_, plain), job in zip(results, jobs))
+    monkeypatch.undo()
+    fast_redraw._CANVASES.clear()
+    fast_redraw._TIGHT_LAYOUTS.clear()
 
 # --------------------------------------------------------------------------------------------
 # Display copies of large stimuli

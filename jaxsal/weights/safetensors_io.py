@@ -7,21 +7,21 @@ Writes are *canonical* and *atomic*:
 * `safetensors.numpy.save` emits the `__metadata__` entries in hash-map order, which changes from
   run to run; we re-emit its JSON header with sorted keys (tensor bytes untouched), so the same
   params and metadata always give the same file, bit for bit (the bundled file relies on this).
-* the bytes go to a temporary file in the destination folder, then `os.replace` moves it into
-  place: a crash or a full disk never leaves a half-written weights file under the final name.
+* the bytes go through `jaxsal.atomic.atomic_path`: a crash or a full disk never leaves a
+  half-written weights file under the final name.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import secrets
 import struct
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
+from jaxsal.atomic import atomic_path
 from jaxsal.errors import UsageError
 
 
@@ -55,26 +55,20 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> pathlib.Path:
 
 
 def _atomic(path: str | os.PathLike, write) -> pathlib.Path:
-    """Run `write(tmp_path)` on a fresh temporary file next to `path`, fsync it, move it into
-    place with `os.replace`. The folder is created if needed; the file gets the umask-filtered
-    0o666 mode. Raises `UsageError` if the folder or file cannot be written; the temporary file
-    never survives a failure."""
+    """Run `write(tmp_path)` on a fresh temporary file next to `path` and move it into place
+    (`jaxsal.atomic.atomic_path`). The folder is created if needed; the file gets the
+    umask-filtered 0o666 mode. Raises `UsageError` if the folder or file cannot be written; the
+    temporary file never survives a failure."""
     path = pathlib.Path(path).absolute()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        mode = os.stat(tmp).st_mode & 0o777  # 0o666 less the umask
-        write(tmp)
-        os.chmod(tmp, mode)  # the writer may have replaced the file with a 0o600 one
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            mode = os.stat(tmp).st_mode & 0o777  # 0o666 less the umask
+            write(tmp)
+            os.chmod(tmp, mode)  # the writer may have replaced the file with a 0o600 one
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}; choose a writable destination") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
