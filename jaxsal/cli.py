@@ -20,6 +20,7 @@ from typing import Sequence
 
 from absl import flags
 
+from jaxsal import models
 from jaxsal.errors import UsageError
 from jaxsal.xla_config import tune_cpu
 from jaxsal.method_flags import FLAG_NAMES as METHOD_FLAGS
@@ -54,7 +55,8 @@ examples:
 def define_flags() -> flags.FlagValues:
     """The command's flags, on a private FlagValues (no global absl state)."""
     fv = flags.FlagValues()
-    flags.DEFINE_string("net", None, "a neural network name, e.g. AlexNet", flag_values=fv)
+    flags.DEFINE_string("net", None, f"a neural network name: {', '.join(models.names())}",
+                        flag_values=fv)
     flags.DEFINE_string("layer", None, "the layer, e.g. 'conv1' (first convolution layer) or "
                         "'fc1' (first fully-connected layer)", flag_values=fv)
     flags.DEFINE_list("chn", None, "channel numbers (1-based), at most 5: -chn 294 23 or "
@@ -80,7 +82,8 @@ def define_flags() -> flags.FlagValues:
                         "(created if missing)", flag_values=fv)
     flags.DEFINE_string("weights", None, "weights file: .safetensors or a torchvision .pth "
                         "checkpoint (default: $JAXSAL_WEIGHTS, the jaxsal cache, the torch hub "
-                        "cache, then the bundled conv-only AlexNet weights)", flag_values=fv)
+                        "cache, $DNNBRAIN_DATA/models, then the bundled conv-only weights of "
+                        "AlexNet and Vgg16)", flag_values=fv)
     flags.DEFINE_boolean("save_maps", False, "also save the raw signed maps as "
                          "OUT/{net}_{layer}_maps.npz (needs -out)", flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "at most this many images per batch; larger runs "

@@ -145,6 +145,9 @@ def fetched_checkpoint(
                 f"download of {url} is corrupt: its sha256 {sha} does not start with {prefix} as "
                 "its file name says; try again later or check the URL"
             )
+        if prefix is None:  # e.g. vgg_face_dag.pth: nothing published to check against
+            print(f"{name} has no published sha256 to check; its sha256 is {sha} (recorded in the "
+                  f"converted file's provenance)", file=sys.stderr)
         yield tmp
     finally:
         try:
