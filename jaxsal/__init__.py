@@ -4,14 +4,16 @@
     net = jaxsal.load_net("AlexNet")                 # bundled conv weights, or your full weights
     maps = jaxsal.saliency(net, ["cat.jpg"], "conv5", [60, 125], method="guided")
     maps.shape  # (2, 1, 3, 224, 224): channels x images x RGB x H x W, d(target)/d(input)
+    fig = jaxsal.plot(maps, ["cat.jpg"], [60, 125])  # the command's figure (matplotlib)
 
 Importing jaxsal has no side effects on the process, and imports JAX only when a name that needs
-it is used (so `dnn_saliency -help` and input validation do not pay for JAX). On a CPU,
-`jaxsal.tune_cpu()` before the first computation makes float32 maps faster (see its docstring).
+it is used (so `dnn_saliency -help` and input validation do not pay for JAX); matplotlib only for
+`jaxsal.plot`, which needs no JAX. On a CPU, `jaxsal.tune_cpu()` before the first computation
+makes float32 maps faster (see its docstring).
 """
 __version__ = "0.1.0"
 
-__all__ = ["load_net", "saliency", "tune_cpu", "register", "UsageError"]
+__all__ = ["load_net", "saliency", "plot", "tune_cpu", "register", "UsageError"]
 
 from jaxsal.errors import UsageError
 from jaxsal.models import register
@@ -27,4 +29,8 @@ def __getattr__(name):
         from jaxsal.api import saliency
 
         return saliency
+    if name == "plot":  # matplotlib, no JAX
+        from jaxsal.plotting import plot
+
+        return plot
     raise AttributeError(f"module 'jaxsal' has no attribute {name!r}")

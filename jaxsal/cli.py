@@ -472,10 +472,7 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
                 writer.write(done, maps)
             timings.write += time.perf_counter() - t
             t = time.perf_counter()
-            if o.method.info.maps_2d:  # drawn with -cmap whatever -mode
-                images, constant = render.to_display_2d(maps)
-            else:
-                images, constant = render.to_display(maps, o.mode)
+            images, constant = render.display_maps(maps, o.mode, o.method.info.maps_2d)
             timings.display += time.perf_counter() - t
             for j in range(b):
                 i = mine[done + j]
@@ -490,15 +487,12 @@ def execute(plan: Plan, net, pipeline: Pipeline, timings: Timings) -> None:
             # Hand every figure whose stimuli are all computed to the renderer.
             while next_figure < len(figures) and all(i in displays for i in figures[next_figure][1]):
                 k, cols = figures[next_figure]
-                columns = [shown.pop(i) for i in cols]
-                job = render.FigureJob(
-                    out_path=os.fspath(render.figure_path(o.out, o.net, o.layer, k)) if o.out else "",
-                    stimuli=[array for array, _ in columns],
-                    stimulus_sizes=[size for _, size in columns],
-                    rows=[(render.channel_label(ch), [displays[i][c] for i in cols])
-                          for c, ch in enumerate(o.channels)],
-                    cmap=o.cmap, vmin=o.vmin, vmax=o.vmax,
+                job = render.figure_job(
+                    [shown.pop(i) for i in cols],
+                    [[displays[i][c] for i in cols] for c in range(len(o.channels))],
+                    o.channels, cmap=o.cmap, vmin=o.vmin, vmax=o.vmax,
                     underlays=[underlays.pop(i) for i in cols] if o.overlay else None,
+                    out_path=os.fspath(render.figure_path(o.out, o.net, o.layer, k)) if o.out else "",
                 )
                 for i in cols:
                     del displays[i]

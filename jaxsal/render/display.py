@@ -16,6 +16,7 @@ __all__ = [
     "DISPLAY_OVERSAMPLING",
     "MODES",
     "display_copy",
+    "display_maps",
     "display_reduction",
     "network_image",
     "to_display",
@@ -94,6 +95,16 @@ def to_display_2d(maps: np.ndarray) -> tuple[np.ndarray, bool | np.ndarray]:
     a *= a.dtype.type(255)
     constant = constant.reshape(constant.shape[:-2])
     return a.astype(np.uint8), (bool(constant) if constant.ndim == 0 else constant)
+
+
+def display_maps(maps: np.ndarray, mode: str,
+                 maps_2d: bool) -> tuple[np.ndarray, bool | np.ndarray]:
+    """The images drawn for a method's maps: :func:`to_display_2d` for 2-D maps (Grad-CAM,
+    ``(..., H, W)``; drawn with the cmap whatever the mode), else :func:`to_display` in
+    ``mode`` (``(..., 3, H, W)``). Returns ``(images, is_constant)``, as those do."""
+    if maps_2d:
+        return to_display_2d(maps)
+    return to_display(maps, mode)
 
 
 def network_image(x: np.ndarray, mean: Sequence[float], std: Sequence[float],

@@ -33,6 +33,8 @@ __all__ = [
     "channel_label",
     "check_cmap",
     "draw_figure",
+    "encode_figure",
+    "figure_job",
     "figure_path",
     "figure_slices",
     "save_jpeg",
@@ -48,8 +50,9 @@ JPEG_QUALITY = 95
 # Options and names
 
 
-def check_cmap(name: str) -> str:
-    """Returns ``name`` if matplotlib knows the colormap; else a UsageError with valid names."""
+def check_cmap(name: str, option: str = "-cmap") -> str:
+    """Returns ``name`` if matplotlib knows the colormap; else a UsageError with valid names,
+    naming ``option`` (the flag, or the keyword of a Python call)."""
     import matplotlib
 
     if name in matplotlib.colormaps:
@@ -59,7 +62,7 @@ def check_cmap(name: str) -> str:
     hint = f"did you mean {', '.join(close)}? " if close else ""
     examples = ", ".join(n for n in ("coolwarm", "gray", "viridis", "jet", "hot", "bwr")
                          if n in matplotlib.colormaps)
-    raise UsageError(f"unknown colormap for -cmap: {name!r}; {hint}valid names include "
+    raise UsageError(f"unknown colormap for {option}: {name!r}; {hint}valid names include "
                      f"{examples} (any matplotlib colormap; add _r to reverse one)")
 
 
@@ -123,6 +126,32 @@ class FigureJob:
     underlays: Sequence[np.ndarray] | None = None
     alpha: float = 0.5
     stimulus_sizes: Sequence[tuple[int, int]] | None = None
+
+
+def figure_job(columns: Sequence[tuple[np.ndarray, tuple[int, int]]],
+               maps: Sequence[Sequence[np.ndarray]], channels: Sequence[int], *,
+               cmap: str = "coolwarm", vmin: float | None = None, vmax: float | None = None,
+               underlays: Sequence[np.ndarray] | None = None, out_path: str = "") -> FigureJob:
+    """The job of one figure, from its stimuli and their displayed maps -- how the command
+    (:func:`jaxsal.cli.execute`) and :func:`jaxsal.plot` both make it.
+
+    Args:
+      columns: one ``(array to draw, native (H, W))`` per stimulus, as
+        :func:`~jaxsal.render.display.display_copy` returns them for this figure's grid.
+      maps: ``maps[c][j]``: the displayed (uint8) map of ``channels[c]`` for stimulus j, e.g.
+        :func:`~jaxsal.render.display.display_maps`'s (K, N, ...) images.
+      channels: the channel numbers as typed (1-based): one row each, labelled
+        :func:`channel_label`.
+      cmap, vmin, vmax, underlays, out_path: as in :class:`FigureJob`.
+    """
+    return FigureJob(
+        out_path=out_path,
+        stimuli=[array for array, _ in columns],
+        stimulus_sizes=[size for _, size in columns],
+        rows=[(channel_label(ch), list(maps[c])) for c, ch in enumerate(channels)],
+        cmap=cmap, vmin=vmin, vmax=vmax,
+        underlays=None if underlays is None else list(underlays),
+    )
 
 
 def check_job(job: FigureJob) -> None:
@@ -213,12 +242,13 @@ def draw_figure(fig, job: FigureJob) -> None:
     tight_layout(fig)
 
 
-def new_figure():
-    """An empty figure of the figures' size and dpi on an Agg canvas."""
+def new_figure(figure_class=None):
+    """An empty figure of the figures' size and dpi on an Agg canvas; ``figure_class``: a
+    subclass of :class:`~matplotlib.figure.Figure` to make instead."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=FIGURE_SIZE_IN, dpi=FIGURE_DPI)
+    fig = (figure_class or Figure)(figsize=FIGURE_SIZE_IN, dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
     return fig
 
@@ -237,22 +267,30 @@ def empty_grid(n_rows: int, n_cols: int):
     return fig, axes
 
 
-def build_figure(job: FigureJob):
-    """A new Agg-backed :class:`~matplotlib.figure.Figure` with the job drawn on it."""
-    fig = new_figure()
+def build_figure(job: FigureJob, figure_class=None):
+    """A new Agg-backed :class:`~matplotlib.figure.Figure` (or ``figure_class``) with the job
+    drawn on it."""
+    fig = new_figure(figure_class)
     draw_figure(fig, job)
     return fig
 
 
-def save_jpeg(fig, path: str | os.PathLike) -> pathlib.Path:
-    """Saves ``fig`` as a JPEG (quality 95, figure dpi), written whole or not at all
-    (:func:`jaxsal.atomic.write_bytes_atomically`)."""
+def encode_figure(fig, format: str = "jpeg") -> bytes:
+    """``fig`` as the bytes of an image file: the whole canvas at the figure's dpi (1000 x 600
+    px); JPEG at quality 95."""
     import matplotlib
 
     buffer = io.BytesIO()
     # savefig.bbox 'standard' keeps the full 1000 x 600 canvas even if a user's matplotlibrc
     # asks for 'tight'.
     with matplotlib.rc_context({"savefig.bbox": "standard"}):
-        fig.savefig(buffer, format="jpeg", dpi=fig.dpi,
-                    pil_kwargs={"quality": JPEG_QUALITY})
-    return write_bytes_atomically(path, buffer.getbuffer())
+        fig.savefig(buffer, format=format, dpi=fig.dpi,
+                    **({"pil_kwargs": {"quality": JPEG_QUALITY}} if format in ("jpeg", "jpg")
+                       else {}))
+    return buffer.getvalue()
+
+
+def save_jpeg(fig, path: str | os.PathLike) -> pathlib.Path:
+    """Saves ``fig`` as a JPEG (:func:`encode_figure`), written whole or not at all
+    (:func:`jaxsal.atomic.write_bytes_atomically`)."""
+    return write_bytes_atomically(path, encode_figure(fig, "jpeg"))
