@@ -65,6 +65,7 @@ def test_wheel_carries_the_bundled_file(tmp_path):
         names = set(zf.namelist())
         zf.extractall(tmp_path / "site")
     assert "jaxsal/_bundled/alexnet_conv.safetensors" in names
+    assert "jaxsal/_bundled/vgg16_conv.safetensors" in names
     assert "jaxsal/weights/__init__.py" in names and "jaxsal/models/alexnet.py" in names
     code = (
         "import importlib.resources, jaxsal;"
