@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
@@ -87,7 +88,8 @@ def _avg_pool(op: AvgPool, x):
     k, s, p = op.window, op.stride, op.padding
     lead = (1,) * (x.ndim - 3)
     pads = ((0, 0),) * (x.ndim - 3) + ((p, p), (p, p), (0, 0))
-    total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, lead + (k, k, 1),
+    # A concrete zero (numpy, not traced) makes this XLA's differentiable window sum.
+    total = lax.reduce_window(x, np.zeros((), x.dtype), lax.add, lead + (k, k, 1),
                               lead + (s, s, 1), pads)
     return total / jnp.asarray(k * k, x.dtype)  # count_include_pad=True
 
