@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from typing import Iterable, Iterator, Sequence
@@ -36,13 +35,10 @@ def device_mesh() -> Mesh:
 
 def bytes_per_image(net: Net, layer: str, n_channels: int, dtype_bytes: int = 4) -> int:
     """Rough device memory of one image in one call: the activations kept for the backward pass
-    up to `layer`, plus one cotangent/gradient set per channel, plus the input and its maps,
-    times 2 for XLA's temporaries. Deliberately pessimistic."""
-    activations = 0
-    for info in net.spec.layers:
-        activations += math.prod(info.shape)
-        if info.name == layer:
-            break
+    up to `layer` (every intermediate result, block internals included), plus one
+    cotangent/gradient set per channel, plus the input and its maps, times 2 for XLA's
+    temporaries. Deliberately pessimistic."""
+    activations = net.spec.layer(layer).activations
     s = net.spec.input_size
     image = 3 * s * s
     return 2 * dtype_bytes * (activations * (1 + n_channels) + image * (1 + 2 * n_channels))

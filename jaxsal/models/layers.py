@@ -259,6 +259,31 @@ class ShapeBackend:
         return (sum(x[0] for x in xs),) + tuple(xs[0][1:])
 
 
+class CountingBackend(ShapeBackend):
+    """Runs a description on shapes and counts the elements of every intermediate result (per
+    image): what a backward pass keeps, for memory estimates."""
+
+    def __init__(self):
+        self.elements = 0
+
+    def _count(self, x):
+        self.elements += math.prod(x)
+        return x
+
+    def layer(self, op, x):
+        out = super().layer(op, x)
+        return out if isinstance(op, Block) else self._count(out)
+
+    def act(self, x):
+        return self._count(super().act(x))
+
+    def add(self, a, b):
+        return self._count(super().add(a, b))
+
+    def concat(self, xs):
+        return self._count(super().concat(xs))
+
+
 @dataclasses.dataclass(frozen=True)
 class Param:
     """One parameter tensor: jaxsal flat key and shape, torchvision key and layout rule, and the

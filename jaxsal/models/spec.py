@@ -12,7 +12,7 @@ import dataclasses
 import functools
 
 from jaxsal.errors import UsageError
-from jaxsal.models.layers import ParamBackend, ShapeBackend, run_stages
+from jaxsal.models.layers import CountingBackend, ParamBackend, run_stages
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,12 +52,14 @@ class LayerInfo:
     (output F; target = the unit). `shape` is channel-first as in the original program.
     `affine`: an affine function of the layer below (a raw conv, linear or batch-norm output,
     with only affine glue such as a flatten in between); `jaxsal.core.gradients` then skips the
-    target layer's batched backward pass."""
+    target layer's batched backward pass. `activations`: elements per image of every
+    intermediate result from the image up to this layer (block internals included)."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     affine: bool = False
+    activations: int = 0
 
     @property
     def width(self) -> int:
@@ -97,16 +99,18 @@ class NetSpec:
     def layers(self) -> tuple[LayerInfo, ...]:
         out = []
         glue_affine = [True]  # the unnamed stages since the last layer are all affine
+        backend = CountingBackend()
 
         def record(stage, shape):
             if not stage.name:
                 glue_affine[0] &= stage.affine
                 return
             kind = "conv" if len(shape) == 3 else "fc"
-            out.append(LayerInfo(stage.name, kind, tuple(shape), stage.affine and glue_affine[0]))
+            out.append(LayerInfo(stage.name, kind, tuple(shape), stage.affine and glue_affine[0],
+                                 backend.elements))
             glue_affine[0] = True
 
-        run_stages(self.stages, self.input_shape, ShapeBackend(), record)
+        run_stages(self.stages, self.input_shape, backend, record)
         return tuple(out)
 
     @functools.cached_property
