@@ -5,6 +5,9 @@
     maps = jaxsal.saliency(net, ["cat.jpg"], "conv5", [60, 125], method="guided")
     maps.shape  # (2, 1, 3, 224, 224): channels x images x RGB x H x W, d(target)/d(input)
     fig = jaxsal.plot(maps, ["cat.jpg"], [60, 125])  # the command's figure (matplotlib)
+    report = jaxsal.run(jaxsal.Request(net="AlexNet", layer="conv5", channels=[60, 125],
+                                       stim="examples/examples.stim.csv", out="out"))
+    report.figures  # the command's run from Python: figure files, maps file, timings, weights
 
 Importing jaxsal has no side effects on the process, and imports JAX only when a name that needs
 it is used (so `dnn_saliency -help` and input validation do not pay for JAX); matplotlib only for
@@ -13,7 +16,8 @@ makes float32 maps faster (see its docstring).
 """
 __version__ = "0.1.0"
 
-__all__ = ["load_net", "saliency", "plot", "tune_cpu", "register", "UsageError"]
+__all__ = ["load_net", "saliency", "plot", "run", "Request", "RunReport", "tune_cpu", "register",
+           "UsageError"]
 
 from jaxsal.errors import UsageError
 from jaxsal.models import register
@@ -33,4 +37,12 @@ def __getattr__(name):
         from jaxsal.plotting import plot
 
         return plot
+    if name == "run":  # JAX once the request is validated
+        from jaxsal.pipeline import run
+
+        return run
+    if name in ("Request", "RunReport"):  # no JAX
+        from jaxsal import pipeline, request
+
+        return getattr(request if name == "Request" else pipeline, name)
     raise AttributeError(f"module 'jaxsal' has no attribute {name!r}")

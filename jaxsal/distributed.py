@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import numpy as np
-
 from jaxsal.errors import UsageError
 
 
@@ -60,18 +58,14 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def shutdown() -> None:
-    import jax
-
-    jax.distributed.shutdown()
-
-
 def part_path(final: pathlib.Path, cluster: Cluster) -> pathlib.Path:
     return final.with_name(f"{final.stem}.part{cluster.process_id}-of-{cluster.num_processes}.npz")
 
 
 def merge_parts(final: pathlib.Path, cluster: Cluster, shape: tuple[int, ...], meta: dict) -> pathlib.Path:
     """Process 0: gather every part's maps (with their global stimulus indices) into `final`."""
+    import numpy as np
+
     from jaxsal.maps_io import MapWriter
 
     writer = MapWriter(final, shape, meta)

@@ -79,8 +79,12 @@ def map_file_meta(net_name: str, layer: str, method, channels, stim_ids, weights
         "method_options": np.asarray(method.to_json()),
         "maps_axes": np.asarray(method.map_axes),
         "net": np.asarray(net_name),
-        "weights": np.asarray(json.dumps({
-            "source": weights.source, "sha256": weights.sha256,
-            "provenance": dict(weights.provenance),
-        }, sort_keys=True)),
+        "weights": np.asarray(json.dumps(weights_record(weights), sort_keys=True)),
     }
+
+
+def weights_record(weights) -> dict:
+    """Which weights a run used (a `jaxsal.weights.Weights`): {"source": the file read, "sha256":
+    its digest, "provenance": its metadata} -- the `weights` entry of a maps file."""
+    return {"source": weights.source, "sha256": weights.sha256,
+            "provenance": dict(weights.provenance)}

@@ -1,73 +1,74 @@
-"""The dnn_saliency flags of the attribution methods: -meth's options, to a validated `Method`.
+"""The command's method flags: -meth and its options, as rows of the flag table, to a `Method`.
 
-Kept apart from jaxsal/cli.py so the method options live in one place; imports no JAX.
+Which option applies to which method is read from `jaxsal.methods.METHODS` (`smoothable`,
+`options`), never written here. Imports no JAX.
 """
 from __future__ import annotations
 
-from absl import flags
+from typing import Collection, Mapping
 
 from jaxsal.errors import UsageError
-from jaxsal.methods import (CAM_METHODS, DEFAULT_IG_STEPS, DEFAULT_NOISE, GRADIENT_METHODS,
-                            METHOD_NAMES, Method)
+from jaxsal.methods import METHOD_NAMES, METHODS, Method
+from jaxsal.request import Flag
 
 METHOD_HELP = ("the method used to generate the saliency image: guided (guided backprop), "
                "vanilla (plain gradient), deconv (deconvnet), ig (integrated gradients), gradcam "
                "(Grad-CAM: one 2-D map per image, drawn with -cmap) or guided_gradcam; add "
                "-smooth N for SmoothGrad (docs/methods.md)")
 
-# flag -> the -meth values it applies to
-APPLIES_TO = {
-    "smooth": GRADIENT_METHODS,
-    "baseline": ("ig",),
-    "ig_steps": ("ig",),
-    "ig_rule": ("ig",),
-    "cam_layer": CAM_METHODS,
-}
-FLAG_NAMES = ("smooth", "noise", "seed", "baseline", "ig_steps", "ig_rule", "cam_layer", "overlay")
-SYNOPSIS = ("[-smooth N] [-noise Noise] [-seed Seed] [-baseline Baseline]\n"
-            "                    [-ig_steps M] [-ig_rule Rule] [-cam_layer Layer] [-overlay]")
+SMOOTHABLE = tuple(name for name, info in METHODS.items() if info.smoothable)
+SMOOTH_OPTIONS = ("noise", "seed")  # need -smooth N
+
+# option flag -> the -meth values it applies to
+APPLIES_TO = {"smooth": SMOOTHABLE}
+for _info in METHODS.values():
+    for _option in _info.options:
+        APPLIES_TO.setdefault(_option, tuple(n for n, i in METHODS.items() if _option in i.options))
 
 
-def define_method_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_integer("smooth", 0, "SmoothGrad: average the map over N noisy copies of each "
-                         "image (0 = off); with -meth vanilla, guided, deconv or ig",
-                         flag_values=fv)
-    flags.DEFINE_float("noise", DEFAULT_NOISE, "SmoothGrad noise level: standard deviation = "
-                       "noise x (max - min) of each normalized image (needs -smooth)",
-                       flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "SmoothGrad random seed, 0..2^32-1; the noise of an image "
-                         "depends only on the seed and the image (needs -smooth)", flag_values=fv)
-    flags.DEFINE_string("baseline", "black", "integrated gradients baseline: black (a black "
-                        "picture) or zeros (zeros in normalized space = the mean picture)",
-                        flag_values=fv)
-    flags.DEFINE_integer("ig_steps", DEFAULT_IG_STEPS, "integrated gradients: gradient "
-                         "evaluations per image along the path", flag_values=fv)
-    flags.DEFINE_string("ig_rule", "gausslegendre", "integrated gradients quadrature: "
-                        "gausslegendre or trapezoid", flag_values=fv)
-    flags.DEFINE_string("cam_layer", None, "Grad-CAM layer, convolutional, at or below -layer "
-                        "(default: -layer itself if convolutional, else the last convolutional "
-                        "layer, conv5_maxpool for AlexNet)", flag_values=fv)
-    flags.DEFINE_boolean("overlay", False, "draw each map half-transparent over the 224x224 "
-                         "image the network saw", flag_values=fv)
+def _either(names) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
-def method_from_flags(fv: flags.FlagValues) -> Method:
-    """-meth and its options -> Method. UsageError for an unknown method, an option given to a
-    method that does not use it, or a bad value. Layer-dependent checks (-cam_layer against
-    -layer) are `jaxsal.methods.resolve`'s."""
-    meth = fv.meth
+METH = Flag("meth", "string", METHOD_HELP, "Method", field="name", of="method")
+OPTIONS = (
+    Flag("smooth", "integer", "SmoothGrad: average the map over N noisy copies of each image "
+         f"(0 = off); with -meth {_either(SMOOTHABLE)}", "N", of="method"),
+    Flag("noise", "float", "SmoothGrad noise level: standard deviation = noise x (max - min) of "
+         "each normalized image (needs -smooth)", "Noise", of="method"),
+    Flag("seed", "integer", "SmoothGrad random seed, 0..2^32-1; the noise of an image depends "
+         "only on the seed and the image (needs -smooth)", "Seed", of="method"),
+    Flag("baseline", "string", "integrated gradients baseline: black (a black picture) or zeros "
+         "(zeros in normalized space = the mean picture)", "Baseline", of="method"),
+    Flag("ig_steps", "integer", "integrated gradients: gradient evaluations per image along the "
+         "path", "M", of="method"),
+    Flag("ig_rule", "string", "integrated gradients quadrature: gausslegendre or trapezoid",
+         "Rule", of="method"),
+    Flag("cam_layer", "string", "Grad-CAM layer, convolutional, at or below -layer (default: "
+         "-layer itself if convolutional, else the last convolutional layer, conv5_maxpool for "
+         "AlexNet)", "Layer", of="method"),
+)
+FLAGS = (METH, *OPTIONS)
+_OPTION_NAMES = {flag.name for flag in OPTIONS}
+
+
+def method_from_flags(values: Mapping[str, object], given: Collection[str]) -> Method:
+    """-meth and its options -> Method. `values`: every method flag's value (defaults included);
+    `given`: the flags given on the command line. UsageError for an unknown method, an option
+    given to a method that does not use it, or a bad value. Layer-dependent checks (-cam_layer
+    against -layer) are `jaxsal.methods.resolve`'s, at validation."""
+    meth = values["meth"]
     if meth not in METHOD_NAMES:
         raise UsageError(f"-meth must be one of {', '.join(METHOD_NAMES)}, got {meth!r}")
     for name, methods in APPLIES_TO.items():
-        if fv[name].present and meth not in methods:
+        if name in given and meth not in methods:
             raise UsageError(f"-{name} applies to -meth {' or '.join(methods)}, not to {meth}")
-    if (fv["noise"].present or fv["seed"].present) and fv.smooth <= 0:
+    if any(name in given for name in SMOOTH_OPTIONS) and values["smooth"] <= 0:
         raise UsageError("-noise and -seed are SmoothGrad options: give -smooth N (N >= 1) too")
     try:
-        return Method(meth, smooth=fv.smooth, noise=fv.noise, seed=fv.seed, baseline=fv.baseline,
-                      ig_steps=fv.ig_steps, ig_rule=fv.ig_rule, cam_layer=fv.cam_layer)
+        return Method(meth, **{flag.target: values[flag.name] for flag in OPTIONS})
     except UsageError as e:
         message = str(e)
-        if message.split(" ")[0] in FLAG_NAMES:  # "ig_steps must be ..." -> "-ig_steps must be ..."
+        if message.split(" ")[0] in _OPTION_NAMES:  # "ig_steps must be ..." -> "-ig_steps must be ..."
             message = "-" + message
         raise UsageError(message) from None

@@ -1,0 +1,276 @@
+"""What a run asks for (`Request`), checked once into what it will do (`Plan`).
+
+    Request (names, 1-based channels, paths; cheap checks on construction)
+      -> validate(request) -> Plan (NetSpec, 0-based channels, resolved Method, the stimulus
+         list read and every image checked, the weights read and checked for the layer)
+
+Every mistake is a `jaxsal.errors.UsageError` raised here, before any model is built or any
+gradient computed (SPEC §13); the stages of `jaxsal.pipeline` take a `Plan` and do not check
+again. No JAX is imported: the command validates its flags and reads the weights while nothing
+heavy is loaded. `Flag` says how a field of a `Request` (or of a `jaxsal.methods.Method`) is
+spelled on the command line; the tables are `jaxsal.cli.FLAGS` and `jaxsal.method_flags`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+import pathlib
+from typing import Callable, Sequence, Union
+
+from jaxsal.distributed import Cluster
+from jaxsal.errors import UsageError
+from jaxsal.methods import PRECISIONS, Method, as_method, resolve
+
+MAX_CHANNELS = 5
+MODES = ("RGB", "gray")
+DEFAULT_CMAP = "coolwarm"
+STIM_SUFFIX = ".stim.csv"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """A saliency run as a user asks for it: the command's flags, as Python values.
+
+        jaxsal.run(jaxsal.Request(net="AlexNet", layer="conv5", channels=[60, 125],
+                                  stim="examples/examples.stim.csv", out="out"))
+
+    net, layer: a registered network (`jaxsal.models.names()`) and one of its layers.
+    channels: 1-based channel (or unit) numbers of `layer`, at most 5; one figure row each.
+    stim: a `.stim.csv` file (README: Stimulus files).
+    method: a method name (vanilla, guided, deconv, ig, gradcam, guided_gradcam) or a
+      `jaxsal.methods.Method` holding its options (SmoothGrad, integrated gradients, Grad-CAM).
+    mode, cmap, vmin, vmax, overlay: how maps are drawn (README: The command).
+    show: show each figure after it is saved (says so once on a machine without a display).
+    out: the folder for the figures (and the maps); created if missing. `out` or `show` is needed.
+    save_maps: also write the raw maps to `out/{net}_{layer}_maps.npz`.
+    weights: a .safetensors or torchvision .pth file; None = the usual search order.
+    batch_size: at most this many images per batch; None = chosen from the device's memory.
+    precision: highest (float32, the default), default or bfloat16.
+    coordinator_address, num_processes, process_id: a run shared by several processes
+      (`jaxsal.distributed`).
+
+    Construction checks what needs no file, no registry and no JAX (a `UsageError`);
+    `validate` checks the rest.
+    """
+
+    net: str
+    layer: str
+    channels: Sequence[int]
+    stim: PathLike
+    method: str | Method = "guided"
+    mode: str = "RGB"
+    cmap: str = DEFAULT_CMAP
+    vmin: float | None = None
+    vmax: float | None = None
+    overlay: bool = False
+    show: bool = False
+    out: PathLike | None = None
+    save_maps: bool = False
+    weights: PathLike | None = None
+    batch_size: int | None = None
+    precision: str = "highest"
+    coordinator_address: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
+
+    def __post_init__(self):
+        for name in ("net", "layer"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be a name (str), got {getattr(self, name)!r}")
+        channels = self.channels
+        if isinstance(channels, (numbers.Number, str)) or not all(
+                isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in channels):
+            raise UsageError(f"channels must be a list of whole channel numbers (1-based), "
+                             f"got {channels!r}")
+        object.__setattr__(self, "channels", tuple(int(c) for c in channels))
+        if len(self.channels) > MAX_CHANNELS:
+            raise UsageError(f"at most {MAX_CHANNELS} channels at once (got {len(self.channels)}): "
+                             f"run the command again for the others")
+        object.__setattr__(self, "method", as_method(self.method))
+        if self.mode not in MODES:
+            raise UsageError(f"-mode must be RGB or gray, got {self.mode!r}")
+        if not self.show and self.out is None:
+            raise UsageError("nothing would be kept: give -out DIR to save the figures, or -show "
+                             "to display them")
+        if self.save_maps and self.out is None:
+            raise UsageError("-save_maps needs -out DIR (the folder the .npz file is written to)")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool)
+                                            or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise UsageError(f"-batch_size must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"-precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("vmin", "vmax"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, numbers.Real)):
+                raise UsageError(f"-{name} must be a number or None, got {value!r}")
+        if self.vmin is not None and self.vmax is not None and self.vmin > self.vmax:
+            raise UsageError(f"-vmin ({self.vmin}) is larger than -vmax ({self.vmax})")
+        self.cluster.check()
+
+    @property
+    def meth(self) -> str:
+        """The method's name, as -meth spells it."""
+        return self.method.name
+
+    @property
+    def cluster(self) -> Cluster:
+        return Cluster(self.num_processes, self.process_id, self.coordinator_address)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A validated run: every input known to be usable, nothing computed yet.
+
+    spec: the network's description; layer: one of its layers.
+    channels0: 0-based indices into the layer's channels (`channels`: the 1-based numbers, as
+      typed, for labels and files).
+    method: the resolved, canonical `Method` (Grad-CAM layer filled in).
+    stimuli: the stimulus list (`jaxsal.stimuli.StimulusSet`), every image checked.
+    weights: `jaxsal.weights.Weights` read from disk (numpy, not on a device), holding the
+      layer's stages.
+    out: the output folder (not created yet) or None. The other fields are the `Request`'s.
+    """
+
+    spec: "jaxsal.models.NetSpec"  # noqa: F821
+    layer: str
+    channels0: tuple[int, ...]
+    method: Method
+    stimuli: "jaxsal.stimuli.StimulusSet"  # noqa: F821
+    weights: "jaxsal.weights.Weights | None"  # noqa: F821
+    precision: str = "highest"
+    mode: str = "RGB"
+    cmap: str = DEFAULT_CMAP
+    vmin: float | None = None
+    vmax: float | None = None
+    overlay: bool = False
+    show: bool = False
+    out: pathlib.Path | None = None
+    save_maps: bool = False
+    batch_size: int | None = None
+    cluster: Cluster = Cluster()
+
+    @property
+    def net(self) -> str:
+        return self.spec.name
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """The 1-based channel numbers, as typed."""
+        return tuple(c + 1 for c in self.channels0)
+
+    @property
+    def maps_path(self) -> pathlib.Path | None:
+        """`out/{net}_{layer}_maps.npz` with -save_maps, else None."""
+        if not self.save_maps or self.out is None:
+            return None
+        return self.out / f"{self.net}_{self.layer}_maps.npz"
+
+
+def validate(request: Request) -> Plan:
+    """Check everything the `Request`'s construction could not, cheapest first -- network, layer
+    and channels, method, colormap, output folder, stimulus list and every image, weights --
+    and read the stimulus list and the weights. UsageError on the first problem. No JAX."""
+    from jaxsal.models import get_net_spec
+    from jaxsal.stimuli import read_stim_csv
+    from jaxsal.weights import check_layer_weights, load_weights
+
+    r = request
+    spec = get_net_spec(r.net)
+    channels = spec.check_channels(r.layer, r.channels)
+    method = resolve(r.method, spec, r.layer)
+    if r.mode == "gray" or r.cmap != DEFAULT_CMAP or r.vmin is not None or r.vmax is not None:
+        from jaxsal.render import check_cmap  # imports matplotlib: only when a cmap may be used
+
+        check_cmap(r.cmap)  # RGB maps ignore it (as matplotlib does), but it is still checked
+    out = pathlib.Path(r.out) if r.out is not None else None
+    if out is not None:
+        check_out_dir(out)
+    if not os.fspath(r.stim).endswith(STIM_SUFFIX):
+        raise UsageError(f"-stim must be a .stim.csv file, got {os.fspath(r.stim)!r}")
+    stimuli = read_stim_csv(r.stim)
+    weights = load_weights(spec, r.weights)
+    check_layer_weights(spec, weights, r.layer)
+    return Plan(spec=spec, layer=r.layer, channels0=tuple(c - 1 for c in channels),
+                method=method, stimuli=stimuli, weights=weights, precision=r.precision,
+                mode=r.mode, cmap=r.cmap, vmin=r.vmin, vmax=r.vmax, overlay=r.overlay,
+                show=r.show, out=out, save_maps=r.save_maps, batch_size=r.batch_size,
+                cluster=r.cluster)
+
+
+def check_out_dir(out: pathlib.Path) -> None:
+    """Fail early if `out` cannot be created or written -- without creating anything yet."""
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"-out {out}: {probe} exists and is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"-out {out}: cannot write into {probe} (permission denied)")
+
+
+# ---------------------------------------------------------------------------------------------
+# How a field is spelled on the command line
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One row of the command's flag table: a field of a `Request` (or of a `Method`) as a flag.
+
+    name: the flag, without its dash. kind: the absl flag type (string, integer, float,
+    boolean, list). help: its help text (a function for text known only at run time, e.g. the
+    registered networks). metavar: the word after it in the synopsis (None for booleans).
+    field: the field it sets, on `Request` (`of="request"`), on `Method` (`of="method"`), or
+    nothing (`of="command"`: the command's own, e.g. -profile, with its `default`).
+    The default of a request or method flag is its field's default; a field without one makes
+    the flag required.
+    """
+
+    name: str
+    kind: str
+    help: str | Callable[[], str]
+    metavar: str | None = None
+    field: str | None = None
+    of: str = "request"
+    default: object = None
+
+    @property
+    def target(self) -> str:
+        return self.field or self.name
+
+    def _field(self) -> dataclasses.Field | None:
+        owner = {"request": Request, "method": Method}.get(self.of)
+        if owner is None:
+            return None
+        return {f.name: f for f in dataclasses.fields(owner)}[self.target]
+
+    @property
+    def required(self) -> bool:
+        f = self._field()
+        return f is not None and f.default is dataclasses.MISSING
+
+    @property
+    def default_value(self):
+        f = self._field()
+        if f is None:
+            return self.default
+        return None if f.default is dataclasses.MISSING else f.default
+
+    @property
+    def help_text(self) -> str:
+        return self.help() if callable(self.help) else self.help
+
+    def synopsis(self) -> str:
+        """e.g. `-net Net`, `-chn Channel [Channel ...]`, `-show` (without brackets)."""
+        text = f"-{self.name}"
+        if self.metavar:
+            text += f" {self.metavar}"
+            if self.kind == "list":
+                text += f" [{self.metavar} ...]"
+        return text
