@@ -7,7 +7,7 @@ import numpy as np
 
 from jaxsal.batching import iter_saliency
 from jaxsal.errors import UsageError
-from jaxsal.methods import Method, as_method, resolve
+from jaxsal.methods import Method, as_method, check_precision, resolve
 from jaxsal.net import Net
 from jaxsal.stimuli import as_pil, preprocess
 
@@ -52,7 +52,8 @@ def saliency(
                                ig_steps=ig_steps, ig_rule=ig_rule, cam_layer=cam_layer),
                      net.spec, layer)
     net.check_layer(layer)
-    net.spec.check_channels(layer, channels)
+    channels = net.spec.check_channels(layer, channels)
+    check_precision(precision)
     inputs = [preprocess(as_pil(im), net.spec.preprocessing) for im in images]
     if not inputs:
         raise UsageError("no images given")

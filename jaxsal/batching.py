@@ -20,7 +20,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsal.core import compiled_saliency
 from jaxsal.errors import UsageError
-from jaxsal.methods import check_precision
 from jaxsal.net import Net
 
 # Largest batch worth using per platform: beyond it throughput stops growing (CPU caches) while
@@ -156,10 +155,8 @@ def iter_saliency(
     precision: str = "highest",
 ) -> Iterator[np.ndarray]:
     """Stream maps batch by batch: yields float32 (K, b, ...) maps for each consecutive batch of
-    `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch."""
-    check_precision(precision)
-    net.check_layer(layer)
-    channels = net.spec.check_channels(layer, channels)
+    `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch. The
+    arguments are checked by the caller (`jaxsal.saliency`, `jaxsal.request.validate`)."""
     fn = compiled_saliency(net.spec, layer, method, precision)
     size = pick_batch_size(n_images, batch_size, net, layer, len(channels))
     batcher = _Batcher(fn, net.params, np.asarray(channels, np.int32) - 1, size, device_mesh())
