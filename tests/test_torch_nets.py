@@ -192,6 +192,7 @@ def test_guided_equals_vanilla_at_first_relu(name):
     assert np.abs(guided).max() > 0 and not np.allclose(guided, vanilla)
 
 
+@pytest.mark.slow
 def test_saliency_fc_target_is_a_unit():
     """An (F,) target is the unit itself: the map of unit c equals the gradient of out[:, c-1]."""
     name = "Googlenet"

@@ -42,7 +42,10 @@ def test_layer_table_is_the_torch_models(name):
     assert {layer.kind for layer in spec.layers if len(layer.shape) == 1} <= {"fc"}
 
 
-@pytest.mark.parametrize("name", ZOO)
+BIG = {"Vgg11", "Vgg16", "Vgg19_bn", "VggFace", "Resnet152"}  # 0.2-0.6 GB of random weights
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in ZOO])
 def test_torchvision_key_map_converts_a_checkpoint(name):
     spec = get_net_spec(name)
     params = from_torchvision(spec, state_dict(name))
