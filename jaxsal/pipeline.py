@@ -78,7 +78,8 @@ class RunReport:
 class Progress:
     """`done/total stimuli, rate` on stderr once a run has taken more than a few seconds."""
 
-    def __init__(self, total: int, stream=sys.stderr, delay: float = 3.0, every: float = 10.0):
+    def __init__(self, total: int, stream=None, delay: float = 3.0, every: float = 10.0):
+        stream = sys.stderr if stream is None else stream  # the stderr of the run, not of import
         self.total, self.stream, self.delay, self.every = total, stream, delay, every
         self.start = time.perf_counter()
         self.last = None

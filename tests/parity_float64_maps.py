@@ -6,6 +6,7 @@ float64 parity tests the longest part of the suite (see that test's docstring).
 
 usage: python parity_float64_maps.py WEIGHTS.safetensors FOLDER
   FOLDER/x.npy (N, 224, 224, 3) float64 inputs, FOLDER/channels.json {layer: [1-based, ...]}
+  (the layers computed are the keys of channels.json)
   -> FOLDER/maps.npz {"<layer>/<method>": (K, N, 3, 224, 224) float64}
 """
 import functools
@@ -21,8 +22,7 @@ def main(weights: str, folder: str) -> None:
     import jax.numpy as jnp
 
     import jaxsal
-    from jaxsal.models.alexnet import LAYER_NAMES
-    from jaxsal.saliency import saliency_maps
+    from jaxsal.core.gradients import gradient_maps
 
     folder = pathlib.Path(folder)
     x = np.load(folder / "x.npy")
@@ -31,9 +31,9 @@ def main(weights: str, folder: str) -> None:
     maps = {}
     with jax.enable_x64(True):
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), net.params)
-        for layer in LAYER_NAMES:
-            for method in ("vanilla", "guided"):
-                fn = jax.jit(functools.partial(saliency_maps, net.spec, layer, method, "highest"))
+        for layer in channels:
+            for method in ("vanilla", "guided"):  # the gradient methods' ReLU rules
+                fn = jax.jit(functools.partial(gradient_maps, net.spec, layer, method, "highest"))
                 chn = jnp.asarray(np.array(channels[layer]) - 1)
                 maps[f"{layer}/{method}"] = np.asarray(fn(params, jnp.asarray(x), chn))
     np.savez(folder / "maps.npz", **maps)

@@ -1,7 +1,11 @@
-"""The dnn_saliency command end to end, through the installed console script.
+"""The dnn_saliency command end to end, with isolated caches.
 
-Successful runs use real subprocesses of the `dnn_saliency` entry point with isolated caches.
-Runs that must fail check: exit status 2, one clear message on stderr, no traceback, no files.
+Successful runs compute on TinyNet with random weights, in a subprocess (`python
+tests/tiny_net.py ARGS`: the command with TinyNet registered) or, to spare the ~2 s of importing
+JAX, in this process (conftest's `dnn_saliency` fixture); the golden and seed tests run the
+installed `dnn_saliency` console script on full AlexNet (`slow`): the README's example figure,
+byte for byte, and the seed's `-chn 294 23` fc3 command. Runs that must fail check: exit status
+2, one clear message on stderr, no traceback, no files (AlexNet: they stop before computing).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from PIL import Image
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SCRIPT = pathlib.Path(sys.executable).with_name("dnn_saliency")
+TINY_SCRIPT = pathlib.Path(__file__).with_name("tiny_net.py")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +56,10 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def run(args, cwd, env, check_rc=None):
-    done = subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
+def run(args, cwd, env, check_rc=None, tiny=False):
+    """The installed `dnn_saliency ARGS`; with `tiny`, the command with TinyNet registered."""
+    command = [sys.executable, str(TINY_SCRIPT)] if tiny else [str(SCRIPT)]
+    done = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
     if check_rc is not None:
         assert done.returncode == check_rc, f"rc={done.returncode}\nstdout:{done.stdout}\nstderr:{done.stderr}"
@@ -93,42 +100,55 @@ def test_seed_command_gray_fc3_with_full_weights(workdir, cli_env, full_weights)
 
 
 @pytest.mark.slow
-def test_save_maps_equals_python_api_and_flag_forms(workdir, cli_env, full_weights):
+def test_readme_example_figure_is_the_documented_one(workdir, cli_env):
+    """The README's command with the bundled weights draws docs/AlexNet_conv5_fig1.jpg exactly."""
+    done = run(["-net", "AlexNet", "-layer", "conv5", "-chn", "60", "125", "-stim", STIM,
+                "-out", "out"], workdir, cli_env, check_rc=0)
+    assert done.stdout.splitlines() == ["Finish: 6/7", "Finish: 7/7"]
+    assert files_under(workdir / "out") == ["AlexNet_conv5_fig1.jpg", "AlexNet_conv5_fig2.jpg"]
+    golden = REPO / "docs" / "AlexNet_conv5_fig1.jpg"
+    assert (workdir / "out" / "AlexNet_conv5_fig1.jpg").read_bytes() == golden.read_bytes()
+
+
+def test_save_maps_equals_python_api_and_flag_forms(workdir, dnn_saliency, tiny_weights):
     import jaxsal
 
     out = workdir / "nested" / "out"  # created with its parents
-    done = run(["--net=AlexNet", "--layer=conv5", "--chn=60,125", f"--stim={STIM}", f"--out={out}",
-                "--save_maps", f"--weights={full_weights}", "-profile"], workdir, cli_env, check_rc=0)
+    done = dnn_saliency(["--net=TinyNet", "--layer=conv3", "--chn=6,14", f"--stim={STIM}",
+                         f"--out={out}", "--save_maps", f"--weights={tiny_weights}", "-profile"],
+                        workdir)
+    assert done.returncode == 0, done.stderr
     assert "profile:" in done.stderr and "compute" in done.stderr
-    assert files_under(out) == ["AlexNet_conv5_fig1.jpg", "AlexNet_conv5_fig2.jpg",
-                                "AlexNet_conv5_maps.npz"]
-    with np.load(out / "AlexNet_conv5_maps.npz") as z:
+    assert files_under(out) == ["TinyNet_conv3_fig1.jpg", "TinyNet_conv3_fig2.jpg",
+                                "TinyNet_conv3_maps.npz"]
+    with np.load(out / "TinyNet_conv3_maps.npz") as z:
         assert set(z.files) == {"maps", "channels", "stim_ids", "layer", "method", "method_options",
                                 "maps_axes", "net", "weights"}
         maps = z["maps"]
-        assert maps.dtype == np.float32 and maps.shape == (2, N_EXAMPLES, 3, 224, 224)
-        assert z["channels"].tolist() == [60, 125]
-        assert str(z["layer"]) == "conv5" and str(z["method"]) == "guided" and str(z["net"]) == "AlexNet"
+        assert maps.dtype == np.float32 and maps.shape == (2, N_EXAMPLES, 3, 32, 32)
+        assert z["channels"].tolist() == [6, 14]
+        assert str(z["layer"]) == "conv3" and str(z["method"]) == "guided" and str(z["net"]) == "TinyNet"
         ids = z["stim_ids"].tolist()
         assert "sha256" in str(z["weights"])
     stim_lines = (EXAMPLES / "examples.stim.csv").read_text().splitlines()
     expected_ids = [line.split(",")[0] for line in stim_lines[stim_lines.index("data=stimID,label") + 1:] if line]
     assert ids == expected_ids
-    net = jaxsal.load_net("AlexNet", weights=full_weights)
-    api = jaxsal.saliency(net, [EXAMPLES / i for i in ids], "conv5", [60, 125], method="guided")
+    net = jaxsal.load_net("TinyNet", weights=tiny_weights)
+    api = jaxsal.saliency(net, [EXAMPLES / i for i in ids], "conv3", [6, 14], method="guided")
     np.testing.assert_allclose(maps, api, rtol=1e-6, atol=1e-6 * np.abs(api).max())
     assert np.abs(maps).max() > 0
 
 
 @pytest.mark.slow
-def test_rgb_ignores_cmap_gray_uses_it_and_vmin_vmax(workdir, cli_env):
+def test_rgb_ignores_cmap_gray_uses_it_and_vmin_vmax(workdir, dnn_saliency, tiny_weights):
     """cmap/vmin/vmax change gray maps only (matplotlib applies them to 2-D images)."""
     def figure(tag, *extra):
         out = workdir / tag
-        run(["-net", "AlexNet", "-layer", "conv2", "-chn", "5", "-stim", STIM, "-out", str(out),
-             "-batch_size", "4", *extra], workdir, cli_env, check_rc=0)
+        done = dnn_saliency(["-net", "TinyNet", "-weights", tiny_weights, "-layer", "conv2", "-chn",
+                             "5", "-stim", STIM, "-out", out, "-batch_size", "4", *extra], workdir)
+        assert done.returncode == 0, done.stderr
         assert len(list(out.glob("*.jpg"))) == 2
-        return np.asarray(Image.open(out / "AlexNet_conv2_fig1.jpg")).astype(int)
+        return np.asarray(Image.open(out / "TinyNet_conv2_fig1.jpg")).astype(int)
 
     rgb_default = figure("rgb")
     rgb_gray_cmap = figure("rgb_cmap", "-cmap", "gray", "-vmin", "10", "-vmax", "20")
@@ -144,10 +164,10 @@ def test_rgb_ignores_cmap_gray_uses_it_and_vmin_vmax(workdir, cli_env):
     assert np.abs(gray_coolwarm[350:, :, 0] - gray_coolwarm[350:, :, 2]).max() > 60
 
 
-@pytest.mark.slow
-def test_show_on_headless_machine_says_so_once(workdir, cli_env):
-    done = run(["-net", "AlexNet", "-layer", "conv1", "-chn", "3", "-stim", STIM, "-show",
-                "-meth", "vanilla", "-precision", "default"], workdir, cli_env, check_rc=0)
+def test_show_on_headless_machine_says_so_once(workdir, cli_env, tiny_weights):
+    done = run(["-net", "TinyNet", "-weights", str(tiny_weights), "-layer", "conv1", "-chn", "3",
+                "-stim", STIM, "-show", "-meth", "vanilla", "-precision", "default"], workdir,
+               cli_env, check_rc=0, tiny=True)
     assert done.stderr.count("cannot show figures") == 1
     assert done.stdout.splitlines() == ["Finish: 6/7", "Finish: 7/7"]
     assert not list(workdir.glob("*.jpg"))
@@ -284,23 +304,43 @@ def test_space_separated_channels_are_joined():
 
 def test_inputs_and_weights_are_checked_before_jax_is_imported(workdir, cli_env):
     """prepare() validates everything and reads the weights without JAX or Flax, so decoding
-    and the figure workers start while JAX is imported (cli.Pipeline)."""
+    and the figure workers start while JAX is imported (pipeline.Pipeline)."""
     code = (
-        "import sys; from jaxsal import cli\n"
+        "import sys; from jaxsal import cli; from jaxsal.request import validate\n"
         "o = cli.parse_args(['dnn_saliency', '-net', 'AlexNet', '-layer', 'conv5', '-chn', '60',"
         " '-stim', 'examples/examples.stim.csv', '-out', 'out'])\n"
-        "plan = cli.prepare(o)\n"
+        "plan = validate(o)\n"
         "print(sorted(m for m in ('jax', 'flax', 'matplotlib.pyplot') if m in sys.modules),"
-        " len(plan.stimuli.paths), plan.weights.has_fc)\n")
+        " len(plan.stimuli.paths), plan.weights.missing_stages(plan.spec))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=cli_env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["[]", "7", "False"]
+    assert done.stdout.split() == ["[]", "7", "('fc1',", "'fc2',", "'fc3')"]
+
+
+def test_progress_writes_to_the_current_stderr(tmp_path):
+    """A run in a process whose sys.stderr was replaced after jaxsal was imported (a notebook,
+    contextlib.redirect_stderr, a test harness) reports progress on the current stderr, and does
+    not fail when the stream of import time has been closed."""
+    code = (
+        "import contextlib, io, sys\n"
+        "old = io.StringIO()\n"
+        "with contextlib.redirect_stderr(old):\n"
+        "    from jaxsal import pipeline\n"
+        "old.close()\n"
+        "new = io.StringIO()\n"
+        "with contextlib.redirect_stderr(new):\n"
+        "    p = pipeline.Progress(2, delay=0.0)\n"
+        "    p.update(2)\n"
+        "assert 'stimuli' in new.getvalue(), new.getvalue()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_decode_threads_follow_the_cores(monkeypatch):
-    from jaxsal import cli
+    from jaxsal import pipeline
 
     for cores, threads in [(None, 2), (1, 2), (2, 2), (4, 2), (6, 3), (16, 8), (64, 8)]:
-        monkeypatch.setattr(cli.os, "cpu_count", lambda: cores)
-        assert cli.decode_threads() == threads, cores
+        monkeypatch.setattr(pipeline.os, "cpu_count", lambda: cores)
+        assert pipeline.decode_threads() == threads, cores

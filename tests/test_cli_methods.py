@@ -1,5 +1,6 @@
-"""dnn_saliency with every attribution method, end to end through the console script, and its
-bad method combinations (exit 2, one clear line, nothing written)."""
+"""dnn_saliency with every attribution method, end to end (on TinyNet, run in this process:
+conftest's `dnn_saliency` fixture), and its bad method combinations (exit 2, one clear line,
+nothing written), also through the installed console script."""
 from __future__ import annotations
 
 import json
@@ -47,33 +48,35 @@ def run(args, cwd, env):
                           timeout=600)
 
 
-BASE = ["-net", "AlexNet", "-layer", "conv3", "-chn", "5", "40", "-stim", STIM, "-out", "out",
-        "-save_maps", "-batch_size", "2"]
+def tiny_base(weights):
+    return ["-net", "TinyNet", "-weights", weights, "-layer", "conv3", "-chn", "5", "14", "-stim",
+            STIM, "-out", "out", "-save_maps", "-batch_size", "2"]
+
 
 RUNS = {
-    "deconv": (["-meth", "deconv"], {"name": "deconv"}, (2, 2, 3, 224, 224)),
+    "deconv": (["-meth", "deconv"], {"name": "deconv"}, (2, 2, 3, 32, 32)),
     "smoothgrad": (["-meth", "guided", "-smooth", "3", "-noise", "0.2", "-seed", "5"],
-                   {"name": "guided", "smooth": 3, "noise": 0.2, "seed": 5}, (2, 2, 3, 224, 224)),
+                   {"name": "guided", "smooth": 3, "noise": 0.2, "seed": 5}, (2, 2, 3, 32, 32)),
     "ig": (["-meth", "ig", "-ig_steps", "4", "-baseline", "zeros", "-mode", "gray"],
            {"name": "ig", "ig_steps": 4, "baseline": "zeros", "ig_rule": "gausslegendre"},
-           (2, 2, 3, 224, 224)),
-    "gradcam": (["-meth", "gradcam", "-cam_layer", "conv2_maxpool", "-overlay", "-cmap", "jet"],
-                {"name": "gradcam", "cam_layer": "conv2_maxpool"}, (2, 2, 224, 224)),
+           (2, 2, 3, 32, 32)),
+    "gradcam": (["-meth", "gradcam", "-cam_layer", "conv1_maxpool", "-overlay", "-cmap", "jet"],
+                {"name": "gradcam", "cam_layer": "conv1_maxpool"}, (2, 2, 32, 32)),
     "guided_gradcam": (["-meth", "guided_gradcam"], {"name": "guided_gradcam", "cam_layer": "conv3"},
-                       (2, 2, 3, 224, 224)),
+                       (2, 2, 3, 32, 32)),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RUNS))
-def test_each_method_end_to_end(case, workdir, cli_env):
+def test_each_method_end_to_end(case, workdir, dnn_saliency, tiny_weights):
     extra, options, shape = RUNS[case]
-    done = run(BASE + extra, workdir, cli_env)
+    done = dnn_saliency(tiny_base(tiny_weights) + extra, workdir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["Finish: 2/2"]
     assert "Traceback" not in done.stderr
-    with Image.open(workdir / "out" / "AlexNet_conv3_fig1.jpg") as im:
+    with Image.open(workdir / "out" / "TinyNet_conv3_fig1.jpg") as im:
         assert im.size == (1000, 600)
-    with np.load(workdir / "out" / "AlexNet_conv3_maps.npz") as z:
+    with np.load(workdir / "out" / "TinyNet_conv3_maps.npz") as z:
         maps = z["maps"]
         assert maps.shape == shape and maps.dtype == np.float32
         assert str(z["method"]) == options["name"]
@@ -86,20 +89,21 @@ def test_each_method_end_to_end(case, workdir, cli_env):
     if case == "smoothgrad":  # the CLI and the API give the same seeded maps
         import jaxsal
 
-        net = jaxsal.load_net("AlexNet", weights=REPO / "weights" / "alexnet_conv.safetensors")
-        api = jaxsal.saliency(net, [workdir / p for p in PHOTOS], "conv3", [5, 40], method="guided",
+        net = jaxsal.load_net("TinyNet", weights=tiny_weights)
+        api = jaxsal.saliency(net, [workdir / p for p in PHOTOS], "conv3", [5, 14], method="guided",
                               smooth=3, noise=0.2, seed=5)
         np.testing.assert_allclose(maps, api, rtol=1e-5, atol=1e-6 * np.abs(api).max())
 
 
-def test_overlay_draws_the_picture_under_the_map(workdir, cli_env):
+def test_overlay_draws_the_picture_under_the_map(workdir, dnn_saliency, tiny_weights):
     """With -overlay the map rows show the photograph through the map; without, they do not."""
     figures = {}
     for tag, extra in (("plain", []), ("overlay", ["-overlay"])):
-        done = run(["-net", "AlexNet", "-layer", "conv2", "-chn", "3", "-stim", STIM, "-out", tag,
-                    "-meth", "gradcam", "-cmap", "gray"] + extra, workdir, cli_env)
+        done = dnn_saliency(["-net", "TinyNet", "-weights", tiny_weights, "-layer", "conv2", "-chn",
+                             "3", "-stim", STIM, "-out", tag, "-meth", "gradcam", "-cmap", "gray"]
+                            + extra, workdir)
         assert done.returncode == 0, done.stderr
-        figures[tag] = np.asarray(Image.open(workdir / tag / "AlexNet_conv2_fig1.jpg")).astype(int)
+        figures[tag] = np.asarray(Image.open(workdir / tag / "TinyNet_conv2_fig1.jpg")).astype(int)
     lower = slice(320, 580)  # the map row (2 rows: stimuli, then chn3)
     plain, overlay = figures["plain"][lower], figures["overlay"][lower]
     # A gray colormap alone draws gray pixels; the photograph underneath brings colour back.

@@ -8,8 +8,21 @@ from jax import lax
 import jaxsal
 from jaxsal.errors import UsageError
 from jaxsal.models import get_net_spec
-from jaxsal.models.ops import conv_space_to_depth, max_pool_3x3_s2
-from jaxsal.saliency import guided_relu, nest_params, target_cotangents
+from jaxsal.core.gradients import target_cotangents
+from jaxsal.core.relu_rules import guided_relu
+from jaxsal.models.primitives import conv_space_to_depth, max_pool
+from jaxsal.net import Net, nest_params
+from jaxsal.weights import Weights
+
+
+def normal(seed, shape):
+    """Seeded float32 normals from NumPy (eager jax.random compiles per shape: seconds each)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+@jax.jit  # one compilation instead of dozens of eager dispatches of the custom VJP
+def max_pool_3x3_s2(x):
+    return max_pool(x, 3, 2)
 
 
 def test_guided_relu_hand_computed():
@@ -39,11 +52,11 @@ def reference_pool(x):
 
 @pytest.mark.parametrize("shape", [(2, 13, 13, 5), (1, 55, 55, 3), (2, 8, 9, 2)])
 def test_max_pool_matches_reduce_window(shape):
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    x = normal(0, shape)
     y, vjp = jax.vjp(max_pool_3x3_s2, x)
     y_ref, vjp_ref = jax.vjp(reference_pool, x)
     np.testing.assert_array_equal(y, y_ref)
-    g = jax.random.normal(jax.random.PRNGKey(1), y.shape)
+    g = normal(1, y.shape)
     np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=0, atol=1e-6)
 
 
@@ -57,9 +70,9 @@ def test_max_pool_ties_go_to_the_first_maximum_in_scan_order():
 
 
 def test_max_pool_under_vmap_of_cotangents():
-    x = jax.random.normal(jax.random.PRNGKey(2), (2, 7, 7, 3))
+    x = normal(2, (2, 7, 7, 3))
     _, vjp = jax.vjp(max_pool_3x3_s2, x)
-    gs = jax.random.normal(jax.random.PRNGKey(3), (4, 2, 3, 3, 3))
+    gs = normal(3, (4, 2, 3, 3, 3))
     batched = jax.vmap(vjp)(gs)[0]
     for i in range(4):
         np.testing.assert_array_equal(batched[i], vjp(gs[i])[0])
@@ -67,8 +80,8 @@ def test_max_pool_under_vmap_of_cotangents():
 
 @pytest.mark.parametrize("size", [224, 227, 64])
 def test_space_to_depth_conv_equals_strided_conv(size):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 3))
-    k = jax.random.normal(jax.random.PRNGKey(1), (11, 11, 3, 8))
+    x = normal(0, (2, size, size, 3))
+    k = normal(1, (11, 11, 3, 8))
 
     def plain(x):
         return lax.conv_general_dilated(x, k, (4, 4), ((2, 2), (2, 2)),
@@ -82,7 +95,7 @@ def test_space_to_depth_conv_equals_strided_conv(size):
     y_ref, vjp_ref = jax.vjp(plain, x)
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
-    g = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+    g = normal(2, y.shape)
     np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=1e-4)
 
 
@@ -116,63 +129,67 @@ def test_channel_range_is_checked(layer, bad):
     assert f"1..{width}" in str(err.value) and str(bad[0]) in str(err.value)
 
 
-@pytest.fixture(scope="module")
-def random_net():
-    """AlexNet with seeded random Flax weights (conv + fc), no files involved."""
-    from jaxsal.saliency import Net
+def test_max_pool_with_padding_matches_reduce_window():
+    x = normal(4, (2, 9, 9, 3))
+    pad = ((0, 0), (1, 1), (1, 1), (0, 0))
 
-    spec = get_net_spec("AlexNet")
-    params = spec.build("fc3").init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))["params"]
+    def reference(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pad)
 
-    class FakeWeights:
-        has_fc = True
-
-        def describe(self):
-            return "random"
-
-    return Net(spec=spec, weights=FakeWeights(), params=params)
+    y, vjp = jax.vjp(jax.jit(lambda x: max_pool(x, 3, 2, 1)), x)
+    y_ref, vjp_ref = jax.vjp(reference, x)
+    np.testing.assert_array_equal(y, y_ref)
+    g = normal(5, y.shape)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=0, atol=1e-6)
 
 
-def test_batched_equals_per_image(random_net):
+def test_batched_equals_per_image(tiny_net):
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (100 + 20 * i, 120, 3), dtype=np.uint8) for i in range(3)]
-    together = jaxsal.saliency(random_net, images, "conv5", [3, 3, 100], batch_size=2)
-    assert together.shape == (3, 3, 3, 224, 224)
+    images = [rng.integers(0, 256, (20 + 6 * i, 24, 3), dtype=np.uint8) for i in range(3)]
+    together = jaxsal.saliency(tiny_net, images, "conv3", [3, 3, 10], batch_size=2)
+    assert together.shape == (3, 3, 3, 32, 32)
     np.testing.assert_array_equal(together[0], together[1])  # duplicate channels are allowed
     for i, image in enumerate(images):
-        alone = jaxsal.saliency(random_net, [image], "conv5", [3, 3, 100])
+        alone = jaxsal.saliency(tiny_net, [image], "conv3", [3, 3, 10])
         np.testing.assert_allclose(together[:, i], alone[:, 0], rtol=1e-5, atol=1e-7 * np.abs(alone).max())
 
 
-def test_relu_target_guided_equals_vanilla(random_net):
-    image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+def test_relu_target_guided_equals_vanilla(tiny_net):
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     # conv1_relu is the only ReLU below this target, and its cotangent is positive (SPEC §5).
-    guided = jaxsal.saliency(random_net, [image], "conv1_relu", [5], method="guided")
-    vanilla = jaxsal.saliency(random_net, [image], "conv1_relu", [5], method="vanilla")
+    guided = jaxsal.saliency(tiny_net, [image], "conv1_relu", [5], method="guided")
+    vanilla = jaxsal.saliency(tiny_net, [image], "conv1_relu", [5], method="vanilla")
     np.testing.assert_array_equal(guided, vanilla)
-    guided = jaxsal.saliency(random_net, [image], "conv5", [5], method="guided")
-    vanilla = jaxsal.saliency(random_net, [image], "conv5", [5], method="vanilla")
+    guided = jaxsal.saliency(tiny_net, [image], "conv3", [5], method="guided")
+    vanilla = jaxsal.saliency(tiny_net, [image], "conv3", [5], method="vanilla")
     assert not np.allclose(guided, vanilla)
 
 
-def test_fc_layer_without_fc_weights_names_the_fix(random_net):
-    from jaxsal.saliency import Net
+def test_fc_layer_without_fc_weights_names_the_fix(tiny_net):
+    conv_only = {k: v for k, v in tiny_net.weights.params.items() if not k.startswith("fc")}
+    weights = Weights(params=conv_only, source="conv-only.safetensors", sha256="0" * 64,
+                      provenance={})
+    assert weights.missing_stages(tiny_net.spec, "fc2") == ("fc1", "fc2")
+    assert weights.missing_stages(tiny_net.spec, "conv3") == ()
+    net = Net(spec=tiny_net.spec, weights=weights, params=tiny_net.params)
+    with pytest.raises(UsageError, match="jaxsal-convert --download") as err:
+        jaxsal.saliency(net, [np.zeros((8, 8, 3), np.uint8)], "fc2", [4])
+    assert "needs the weights of fc1, fc2" in str(err.value)
 
-    class ConvOnly:
-        has_fc = False
 
-    net = Net(spec=random_net.spec, weights=ConvOnly(), params=random_net.params)
-    with pytest.raises(UsageError, match="jaxsal-convert --download"):
-        jaxsal.saliency(net, [np.zeros((8, 8, 3), np.uint8)], "fc3", [294])
+def test_saliency_is_the_function_of_jaxsal_api(tiny_net):
+    import importlib.util
 
+    import jaxsal.api
 
-def test_package_attribute_saliency_is_callable_after_module_import(random_net):
-    import jaxsal.saliency  # noqa: F401  (binds the package attribute to the module)
-
-    image = np.zeros((224, 224, 3), np.uint8)
-    assert jaxsal.saliency(random_net, [image], "conv1", [1]).shape == (1, 1, 3, 224, 224)
+    assert jaxsal.saliency is jaxsal.api.saliency and callable(jaxsal.saliency)
+    assert importlib.util.find_spec("jaxsal.saliency") is None  # no module of that name any more
+    image = np.zeros((32, 32, 3), np.uint8)
+    assert jaxsal.saliency(tiny_net, [image], "conv1", [1]).shape == (1, 1, 3, 32, 32)
 
 
 def test_nest_params():
     assert nest_params({"conv1.kernel": 1, "conv1.bias": 2, "fc3.bias": 3}) == {
         "conv1": {"kernel": 1, "bias": 2}, "fc3": {"bias": 3}}
+    assert nest_params({"layer1_bottleneck0.conv1.kernel": 1}) == {
+        "layer1_bottleneck0": {"conv1": {"kernel": 1}}}

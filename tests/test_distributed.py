@@ -1,4 +1,5 @@
-"""A run spread over 2 processes on 127.0.0.1 (jax.distributed, CPU) equals a single-process run."""
+"""A run spread over 2 processes on 127.0.0.1 (jax.distributed, CPU) equals a single-process run
+(TinyNet with random weights: `python tests/tiny_net.py ARGS` is the command with it registered)."""
 import os
 import pathlib
 import shutil
@@ -13,7 +14,7 @@ from jaxsal.distributed import Cluster
 from jaxsal.errors import UsageError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = pathlib.Path(sys.executable).with_name("dnn_saliency")
+TINY_SCRIPT = pathlib.Path(__file__).with_name("tiny_net.py")
 
 
 def free_port() -> int:
@@ -33,13 +34,14 @@ def test_shares_are_disjoint_round_robin_and_cover_everything():
 
 
 @pytest.mark.slow
-def test_two_processes_merge_to_the_single_process_result(tmp_path):
+def test_two_processes_merge_to_the_single_process_result(tmp_path, tiny_weights):
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     env = {k: v for k, v in os.environ.items() if k not in ("JAXSAL_WEIGHTS", "DISPLAY")}
     env.update(HOME=str(tmp_path), JAXSAL_HOME=str(tmp_path / "jaxsal"), TORCH_HOME=str(tmp_path / "t"),
                JAX_PLATFORMS="cpu")
-    common = [str(SCRIPT), "-net", "AlexNet", "-layer", "conv5", "-chn", "60", "125",
-              "-stim", "examples/examples.stim.csv", "-save_maps"]
+    common = [sys.executable, str(TINY_SCRIPT), "-net", "TinyNet", "-weights", str(tiny_weights),
+              "-layer", "conv3", "-chn", "6", "14", "-stim", "examples/examples.stim.csv",
+              "-save_maps"]
     address = f"127.0.0.1:{free_port()}"
     procs = [subprocess.Popen(common + ["-out", "multi", "-coordinator_address", address,
                                         "-num_processes", "2", "-process_id", str(p)],
@@ -56,8 +58,8 @@ def test_two_processes_merge_to_the_single_process_result(tmp_path):
     assert single.returncode == 0, single.stderr
     multi_dir, single_dir = tmp_path / "multi", tmp_path / "single"
     assert sorted(p.name for p in multi_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir()) == [
-        "AlexNet_conv5_fig1.jpg", "AlexNet_conv5_fig2.jpg", "AlexNet_conv5_maps.npz"]  # no parts left
-    with np.load(multi_dir / "AlexNet_conv5_maps.npz") as a, np.load(single_dir / "AlexNet_conv5_maps.npz") as b:
+        "TinyNet_conv3_fig1.jpg", "TinyNet_conv3_fig2.jpg", "TinyNet_conv3_maps.npz"]  # no parts left
+    with np.load(multi_dir / "TinyNet_conv3_maps.npz") as a, np.load(single_dir / "TinyNet_conv3_maps.npz") as b:
         assert sorted(a.files) == sorted(b.files)
         for key in b.files:
             if key != "maps":
@@ -66,5 +68,5 @@ def test_two_processes_merge_to_the_single_process_result(tmp_path):
         scale = np.abs(b["maps"]).max()
         assert scale > 0
         np.testing.assert_allclose(a["maps"], b["maps"], rtol=0, atol=1e-6 * scale)
-    for fig in ("AlexNet_conv5_fig1.jpg", "AlexNet_conv5_fig2.jpg"):
+    for fig in ("TinyNet_conv3_fig1.jpg", "TinyNet_conv3_fig2.jpg"):
         assert (multi_dir / fig).read_bytes() == (single_dir / fig).read_bytes()

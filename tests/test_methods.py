@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 import jaxsal
-from jaxsal.attribution import (baseline_image, deconv_relu, ig_nodes, image_hashes,
-                                integrated_gradients, smoothgrad_noise)
+from jaxsal.core import sampling
+from jaxsal.core.integrated_gradients import baseline_image, ig_nodes, integrated_gradients
+from jaxsal.core.relu_rules import deconv_relu, guided_relu
+from jaxsal.core.smoothgrad import image_hashes, smoothgrad_noise
 from jaxsal.errors import UsageError
-from jaxsal.methods import Method, as_method, default_cam_layer, map_shape, resolve
+from jaxsal.methods import METHODS, Method, as_method, default_cam_layer, map_shape, resolve
 from jaxsal.models import get_net_spec
-from jaxsal.saliency import guided_relu
+from jaxsal.models.network import build
 
 SPEC = get_net_spec("AlexNet")
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -109,6 +111,21 @@ def test_method_object_and_keywords_are_not_mixed():
         as_method(Method("ig"), ig_steps=8)
 
 
+def test_method_table_names_importable_implementations_and_known_rules():
+    import importlib
+
+    from jaxsal.core.relu_rules import RULES
+
+    assert set(METHODS) == {"vanilla", "guided", "deconv", "ig", "gradcam", "guided_gradcam"}
+    for name, info in METHODS.items():
+        assert callable(importlib.import_module(info.implementation).maps), name
+        assert info.rule in RULES, name
+        assert info.smoothable == (name in ("vanilla", "guided", "deconv", "ig")), name
+    assert [n for n, i in METHODS.items() if i.maps_2d] == ["gradcam"]
+    assert Method("ig", ig_steps=5).evaluations_per_image == 5
+    assert Method("guided").evaluations_per_image == 1
+
+
 def test_map_shapes():
     assert map_shape(Method("gradcam"), 2, 5, 224) == (2, 5, 224, 224)
     assert map_shape(Method("guided_gradcam"), 2, 5, 224) == (2, 5, 3, 224, 224)
@@ -145,41 +162,49 @@ def test_ig_is_exact_for_a_quadratic_function(rule):
     np.testing.assert_allclose(ig, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_ig_completeness_on_trained_conv_weights(weights_env, baseline="black"):
-    """Attributions sum to f(x) - f(x') within 1 % at M = 64, with the bundled (trained) conv
-    weights, for the conv5 channels the photograph drives hardest (a channel the image barely
-    changes makes the relative error meaningless: f(x) - f(x') ~ 0)."""
-    from jaxsal.stimuli import load_image, to_network_input
+@pytest.mark.parametrize("baseline", ["black", "zeros"])
+def test_ig_completeness(tiny_net, baseline):
+    """Attributions sum to f(x) - f(x') within 1 % at M = 64, for the conv3 channels the
+    photograph drives hardest (a channel the image barely changes makes the relative error
+    meaningless: f(x) - f(x') ~ 0)."""
+    from jaxsal.stimuli import load_image, preprocess
 
-    net = jaxsal.load_net("AlexNet")
-    assert not net.weights.has_fc  # the bundled conv-only weights
+    spec = tiny_net.spec
     photo = REPO / "examples" / "chelsea_cat.jpg"
-    x = to_network_input(load_image(photo))[None]
-    b = np.broadcast_to(np.asarray(baseline_image(SPEC, baseline), np.float32), x.shape)
-    model = SPEC.build(stop_at="conv5")
-    target = jax.jit(lambda z: model.apply({"params": net.params}, z).mean(axis=(1, 2)))  # (N, C)
+    x = preprocess(load_image(photo), spec.preprocessing)[None]
+    b = np.broadcast_to(np.asarray(baseline_image(spec.preprocessing, baseline), np.float32), x.shape)
+    model = build(spec, stop_at="conv3")
+    target = jax.jit(lambda z: model.apply({"params": tiny_net.params}, z).mean(axis=(1, 2)))  # (N, C)
     delta = np.asarray(target(x) - target(b))[0]
     channels = [int(c) + 1 for c in np.argsort(-np.abs(delta))[:3]]
-    ig = jaxsal.saliency(net, [photo], "conv5", channels, method="ig", ig_steps=64, baseline=baseline)
+    ig = jaxsal.saliency(tiny_net, [photo], "conv3", channels, method="ig", ig_steps=64, baseline=baseline)
     sums = ig.reshape(len(channels), -1).sum(axis=1)
     expected = delta[np.asarray(channels) - 1]
     np.testing.assert_allclose(sums, expected, rtol=0.01)
+
+
+def test_baseline_image_is_the_normalized_black_picture():
+    from jaxsal.stimuli import as_pil, preprocess
+
+    black = preprocess(as_pil(np.zeros((8, 8, 3), np.uint8)), SPEC.preprocessing)
+    np.testing.assert_allclose(baseline_image(SPEC.preprocessing, "black"), black[0, 0], rtol=1e-6)
+    assert baseline_image(SPEC.preprocessing, "zeros") == (0.0, 0.0, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
 # SmoothGrad
 
 
-@pytest.fixture(scope="module")
-def conv_net():
-    """AlexNet with the repository's bundled (trained) conv weights, loaded from the file."""
-    return jaxsal.load_net("AlexNet", weights=REPO / "weights" / "alexnet_conv.safetensors")
+@pytest.fixture
+def conv_net(tiny_net):
+    """TinyNet with random weights (tests/tiny_net.py)."""
+    return tiny_net
 
 
 @pytest.fixture(scope="module")
 def images():
     rng = np.random.default_rng(5)
-    return [rng.integers(0, 256, (64 + 16 * i, 80, 3), dtype=np.uint8) for i in range(3)]
+    return [rng.integers(0, 256, (24 + 8 * i, 40, 3), dtype=np.uint8) for i in range(3)]
 
 
 def test_smoothgrad_with_zero_noise_is_the_base_method(conv_net, images):
@@ -231,7 +256,7 @@ def test_image_hashes_depend_on_the_pixels_only():
 
 def test_ig_and_smoothgrad_compose(conv_net, images):
     maps = jaxsal.saliency(conv_net, images[:1], "conv2", [4], method="ig", ig_steps=3, smooth=2)
-    assert maps.shape == (1, 1, 3, 224, 224) and np.abs(maps).max() > 0
+    assert maps.shape == (1, 1, 3, 32, 32) and np.abs(maps).max() > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,30 +264,32 @@ def test_ig_and_smoothgrad_compose(conv_net, images):
 
 
 def test_gradcam_shapes_sign_and_guided_product(conv_net, images):
-    cam = jaxsal.saliency(conv_net, images[:2], "conv3", [1, 40], method="gradcam", cam_layer="conv2")
-    assert cam.shape == (2, 2, 224, 224) and cam.dtype == np.float32
+    cam = jaxsal.saliency(conv_net, images[:2], "conv3", [1, 14], method="gradcam", cam_layer="conv2")
+    assert cam.shape == (2, 2, 32, 32) and cam.dtype == np.float32
     assert cam.min() >= 0 and cam.max() > 0
-    guided = jaxsal.saliency(conv_net, images[:2], "conv3", [1, 40], method="guided")
-    both = jaxsal.saliency(conv_net, images[:2], "conv3", [1, 40], method="guided_gradcam", cam_layer="conv2")
-    assert both.shape == (2, 2, 3, 224, 224)
+    guided = jaxsal.saliency(conv_net, images[:2], "conv3", [1, 14], method="guided")
+    both = jaxsal.saliency(conv_net, images[:2], "conv3", [1, 14], method="guided_gradcam", cam_layer="conv2")
+    assert both.shape == (2, 2, 3, 32, 32)
     np.testing.assert_allclose(both, guided * cam[:, :, None], rtol=1e-5, atol=1e-6 * np.abs(both).max())
 
 
 def test_gradcam_at_the_target_layer_is_the_rectified_channel(conv_net, images):
     """cam_layer = target (conv): d mean(A_c) / dA = 1/(HW) on channel c, so alpha = 1/(HW) there
     and 0 elsewhere: cam = relu(A_c) / (HW), upsampled."""
-    from jaxsal.stimuli import as_pil, to_network_input
+    from jaxsal.stimuli import as_pil, preprocess
 
+    spec = conv_net.spec
     cam = jaxsal.saliency(conv_net, images[:1], "conv3", [5], method="gradcam")
-    x = to_network_input(as_pil(images[0]))[None]
-    a = SPEC.build(stop_at="conv3").apply({"params": conv_net.params}, x)[0, :, :, 4]  # (13, 13)
-    expected = jax.image.resize(jax.nn.relu(a) / 169.0, (224, 224), "bilinear")
+    x = preprocess(as_pil(images[0]), spec.preprocessing)[None]
+    a = build(spec, stop_at="conv3").apply({"params": conv_net.params}, x)[0, :, :, 4]  # (7, 7)
+    assert a.shape == (7, 7)
+    expected = jax.image.resize(jax.nn.relu(a) / 49.0, (32, 32), "bilinear")
     np.testing.assert_allclose(cam[0, 0], expected, rtol=1e-5, atol=1e-6 * float(np.abs(expected).max()))
 
 
 def test_api_rejects_bad_combinations_before_computing(conv_net):
     with pytest.raises(UsageError, match="fully connected"):
-        jaxsal.saliency(conv_net, [np.zeros((8, 8, 3), np.uint8)], "fc3", [1], method="gradcam",
+        jaxsal.saliency(conv_net, [np.zeros((8, 8, 3), np.uint8)], "fc2", [1], method="gradcam",
                         cam_layer="fc1")
     with pytest.raises(UsageError, match="above the target"):
         jaxsal.saliency(conv_net, [np.zeros((8, 8, 3), np.uint8)], "conv2", [1], method="gradcam",
@@ -272,10 +299,10 @@ def test_api_rejects_bad_combinations_before_computing(conv_net):
                         ig_steps=0)
 
 
+@pytest.mark.slow
 def test_passes_chunked_rolled_or_unrolled_give_the_same_maps(conv_net, images, monkeypatch):
     """SmoothGrad over IG in one pass, in many unrolled passes, and in a rolled scan."""
-    from jaxsal import attribution
-    from jaxsal.saliency import _compiled
+    from jaxsal.core import _compiled
 
     def run():
         _compiled.cache_clear()  # the chunking constants are read when tracing
@@ -283,9 +310,10 @@ def test_passes_chunked_rolled_or_unrolled_give_the_same_maps(conv_net, images, 
                                smooth=2, seed=1)
 
     one_pass = run()
-    monkeypatch.setattr(attribution, "CHUNK_IMAGES", 2)  # one sample / path point per pass
+    monkeypatch.setattr(sampling, "CHUNK_IMAGES", 2)  # one sample / path point per pass
+    assert sampling.samples_per_pass(2, 2, inner=4) == 1 and sampling.samples_per_pass(4, 2) == 1
     unrolled = run()
-    monkeypatch.setattr(attribution, "MAX_UNROLLED_PASSES", 1)
+    monkeypatch.setattr(sampling, "MAX_UNROLLED_PASSES", 1)
     rolled = run()
     monkeypatch.undo()
     _compiled.cache_clear()

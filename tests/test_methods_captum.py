@@ -13,7 +13,7 @@ Like with like -- the conventions that differ, and what is compared:
   identical. Captum's 'riemann_trapezoid' weights (1/M with halved ends) sum to (M-1)/M, ours to
   1, so ours = Captum's x M/(M-1) exactly.
 * NoiseTunnel (SmoothGrad): Captum draws its own torch noise, so its noise function is replaced
-  for the call by one that adds jaxsal's noise (`jaxsal.attribution.smoothgrad_noise`, laid
+  for the call by one that adds jaxsal's noise (`jaxsal.core.smoothgrad.smoothgrad_noise`, laid
   out image-major as Captum's repeat_interleave). Everything else is Captum's code.
 * LayerGradCam: relu_attributions=True, then LayerAttribution.interpolate(..., 'bilinear')
   (F.interpolate, align_corners=False: the same half-pixel convention as jax.image.resize).
@@ -34,13 +34,16 @@ import pytest
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
-from jaxsal.attribution import smoothgrad_noise  # noqa: E402
+from jaxsal.core import compiled_saliency  # noqa: E402
+from jaxsal.core.smoothgrad import smoothgrad_noise  # noqa: E402
 from jaxsal.methods import Method  # noqa: E402
 from jaxsal.models import get_net_spec  # noqa: E402
-from jaxsal.models.alexnet import from_torchvision  # noqa: E402
-from jaxsal.saliency import compiled_saliency, nest_params  # noqa: E402
+from jaxsal.net import nest_params  # noqa: E402
+from jaxsal.weights.conversion import from_torchvision  # noqa: E402
 from jaxsal.stimuli import load_image, to_network_input  # noqa: E402
 from torch_reference import TORCH_LAYERS, TorchAlexNet  # noqa: E402
+
+pytestmark = pytest.mark.slow  # full-size AlexNet on both sides
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -64,7 +67,7 @@ def setup(torchvision_alexnet_checkpoint):
     _, state_dict = torchvision_alexnet_checkpoint
     spec = get_net_spec("AlexNet")
     params = {k: {n: jnp.asarray(a) for n, a in v.items()}
-              for k, v in nest_params(from_torchvision(state_dict)).items()}
+              for k, v in nest_params(from_torchvision(spec, state_dict)).items()}
     net = TorchAlexNet(guided=False)
     net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()})
     net.eval()
@@ -122,7 +125,7 @@ def test_gradient_methods(setup, method, layer):
 
 
 def black_baseline(x_nchw, spec):
-    value = torch.tensor([-m / s for m, s in zip(spec.mean, spec.std)], dtype=x_nchw.dtype)
+    value = torch.tensor([-m / s for m, s in zip(spec.preprocessing.mean, spec.preprocessing.std)], dtype=x_nchw.dtype)
     return value[None, :, None, None].expand_as(x_nchw).clone()
 
 
@@ -158,11 +161,11 @@ def test_integrated_gradients_black_baseline(setup, rule, captum_rule):
 
 @pytest.mark.parametrize("rule, captum_rule", RULES)
 def test_integrated_gradients_deep_layers(setup, rule, captum_rule):
-    """jaxsal's IG machinery (`attribution.integrated_gradients`: path, quadrature, chunking,
-    the product with x - x') against Captum's, from the baseline x' = x / 2 (every path point
-    keeps at least half the image's contrast, so no max-pool near-ties)."""
-    from jaxsal.attribution import ig_nodes, integrated_gradients
-    from jaxsal.saliency import saliency_maps
+    """jaxsal's IG machinery (`core.integrated_gradients`: path, quadrature, chunking, the
+    product with x - x') against Captum's, from the baseline x' = x / 2 (every path point keeps
+    at least half the image's contrast, so no max-pool near-ties)."""
+    from jaxsal.core.gradients import gradient_maps
+    from jaxsal.core.integrated_gradients import ig_nodes, integrated_gradients
 
     spec, params, _, x = setup
     layer = "conv5"
@@ -170,7 +173,7 @@ def test_integrated_gradients_deep_layers(setup, rule, captum_rule):
     ch0 = jnp.asarray(np.asarray(channels) - 1)
 
     def grads(z):
-        return saliency_maps(spec, layer, "vanilla", "highest", params, z, ch0)
+        return gradient_maps(spec, layer, "vanilla", "highest", params, z, ch0)
 
     fn = jax.jit(lambda z: integrated_gradients(grads, z / 2, *ig_nodes(rule, steps), z))
     ref = captum_ig(setup, layer, channels, steps, captum_rule, lambda z: z / 2)

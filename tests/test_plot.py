@@ -1,7 +1,7 @@
 """Tests for jaxsal.plot: the command's figure, from Python.
 
-The same-pixels tests run the command's own figure path -- `jaxsal.cli.execute` with a real
-Plan and Pipeline (stimulus list, decode threads, display transform, FigureJob, the figure
+The same-pixels tests run the command's own figure path -- `jaxsal.pipeline.Pipeline` with a real
+Plan (stimulus list, decode threads, display transform, FigureJob, the figure
 writer) -- on given maps: only the network is replaced, by a stand-in `iter_saliency` that
 consumes the decoded inputs and yields the maps, and the figure workers by an in-process pool.
 Each figure the command writes is then compared with `jaxsal.plot` of the same maps and images:
@@ -24,11 +24,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import jaxsal
-from jaxsal import cli, render
-from jaxsal.distributed import Cluster
+from jaxsal import pipeline, render
 from jaxsal.errors import UsageError
 from jaxsal.methods import resolve
 from jaxsal.models import get_net_spec
+from jaxsal.request import Plan
 from jaxsal.stimuli import read_stim_csv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ class InlinePool:
         self.jobs = []
 
     def submit(self, fn, *args):
-        if fn is cli.render_timed:
+        if fn is pipeline.render_timed:
             self.jobs.append(args[0])
         future = concurrent.futures.Future()
         future.set_result(fn(*args))
@@ -100,12 +100,9 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
     stim = tmp_path / "run.stim.csv"
     stim.write_text("type=image\npath=" + os.fspath(paths[0].parent) + "\ndata=stimID\n"
                     + "".join(p.name + "\n" for p in paths))
-    options = cli.Options(
-        net="AlexNet", layer="conv5", channels=tuple(channels), stim=os.fspath(stim), meth=meth,
-        mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, show=False, out=tmp_path / "out",
-        weights=None, save_maps=False, batch_size=None, precision="highest", profile=False,
-        cluster=Cluster(), method=resolve(meth, SPEC, "conv5"), overlay=overlay)
-    plan = cli.Plan(options=options, spec=SPEC, stimuli=read_stim_csv(stim), weights=None)
+    plan = Plan(spec=SPEC, layer="conv5", channels0=tuple(c - 1 for c in channels),
+                method=resolve(meth, SPEC, "conv5"), stimuli=read_stim_csv(stim), weights=None,
+                mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, out=tmp_path / "out", overlay=overlay)
 
     def iter_saliency(net, inputs, layer, chans, method, n_images, batch_size, precision):
         assert n_images == maps.shape[1] and tuple(chans) == tuple(channels)
@@ -123,8 +120,8 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
     monkeypatch.setitem(sys.modules, "jaxsal.batching",
                         types.SimpleNamespace(iter_saliency=iter_saliency))
     net = types.SimpleNamespace(spec=SPEC, weights=None)
-    with cli.Pipeline(plan) as pipeline:
-        cli.execute(plan, net, pipeline, cli.Timings())
+    with pipeline.Pipeline(plan) as stages:
+        stages.execute(net)
     return [(job, pathlib.Path(job.out_path).read_bytes()) for job in pool.jobs]
 
 

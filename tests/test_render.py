@@ -443,6 +443,7 @@ def _reference_jpeg(job):
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_path, monkeypatch):
     """render_figure reuses one figure per grid shape and the cells whose images keep their
     shapes, remembers tight_layout's result and the drawn background per layout key (a lean
@@ -673,16 +674,16 @@ def test_display_copy_is_laid_out_as_the_native_stimulus_and_looks_the_same(tmp_
 
 
 def test_decode_keeps_a_large_photo_at_the_size_its_figure_shows(tmp_path):
-    from jaxsal import cli
+    from jaxsal import pipeline
     from jaxsal.models import get_net_spec
 
     spec = get_net_spec("AlexNet")
     path = tmp_path / "big.jpg"
     _photo((2400, 1800)).save(path, quality=90)
-    (array, size), x, _ = cli._decode(path, spec, (3, 6))
+    (array, size), x, _ = pipeline.decode(path, spec, (3, 6))
     assert size == (1800, 2400) and array.shape == (450, 600, 3) and array.dtype == np.uint8
     assert x.shape == (224, 224, 3)
     small = tmp_path / "small.jpg"
     _photo((500, 375)).save(small, quality=90)
-    (array, size), _, _ = cli._decode(small, spec, (3, 6))
+    (array, size), _, _ = pipeline.decode(small, spec, (3, 6))
     assert size == (375, 500) and array.shape == (375, 500, 3)

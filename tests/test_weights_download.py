@@ -1,4 +1,7 @@
-"""`download` / `jaxsal-convert --download` against a local HTTP server only (never the internet)."""
+"""`download` / `jaxsal-convert --download` against a local HTTP server only (never the internet).
+
+Good downloads are of TinyNet's small checkpoint, and of the 244 MB random AlexNet one (`slow`);
+the failures need no real checkpoint."""
 from __future__ import annotations
 
 import hashlib
@@ -50,70 +53,92 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+SHORT = "alexnet-owt-1234abcd.pth"
+
+
 @pytest.fixture(scope="module")
-def server(torchvision_alexnet_checkpoint):
-    """127.0.0.1, ephemeral port, serving a good checkpoint, a wrong-hash file and a short one."""
-    src, _ = torchvision_alexnet_checkpoint
+def server():
+    """127.0.0.1, ephemeral port, serving a wrong-hash file, a short one and a non-checkpoint;
+    `good_checkpoint` adds good checkpoints. Yields (base URL, routes)."""
     junk = os.urandom(4096)
     routes = {
-        f"/models/{src.name}": ("file", src),
         "/models/alexnet-owt-00000000.pth": ("bytes", junk),  # hash prefix cannot match
-        f"/short/{src.name}": ("short", junk),
+        f"/short/{SHORT}": ("short", junk),
         "/models/alexnet-nohash.pth": ("bytes", junk),  # no hash to check, not a checkpoint
     }
     handler = type("Handler", (_Handler,), {"routes": routes})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", src
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", routes
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(params=["TinyNet", pytest.param("AlexNet", marks=pytest.mark.slow)])
+def good_checkpoint(request, server):
+    """(spec, URL, path, state_dict) of a good checkpoint served by `server`: TinyNet's small
+    one (tests/conftest.py), or the 244 MB random AlexNet one."""
+    if request.param == "TinyNet":
+        import tiny_net
+
+        spec = tiny_net.TINY
+        src, state = request.getfixturevalue("tiny_torch_checkpoint")
+    else:
+        spec = SPEC
+        src, state = request.getfixturevalue("torchvision_alexnet_checkpoint")
+    base, routes = server
+    routes[f"/models/{src.name}"] = ("file", src)
+    return spec, f"{base}/models/{src.name}", src, state
 
 
 def all_files(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
-def test_good_download_converts_into_cache(server, weights_env, capsys):
-    base, src = server
-    dst = download(SPEC, url=f"{base}/models/{src.name}", progress=True)
-    assert dst == weights_env.jaxsal_home / "alexnet.safetensors"
-    assert all_files(weights_env.jaxsal_home) == ["alexnet.safetensors"]  # no .pth left behind
+def test_good_download_converts_into_cache(good_checkpoint, weights_env, capsys):
+    spec, url, src, _ = good_checkpoint
+    name = f"{spec.name.lower()}.safetensors"
+    dst = download(spec, url=url, progress=True)
+    assert dst == weights_env.jaxsal_home / name
+    assert all_files(weights_env.jaxsal_home) == [name]  # no .pth left behind
     err = capsys.readouterr().err
     size = src.stat().st_size
     assert f"downloading {src.name}" in err and f"{size / 1e6:.1f} MB" in err and "(100%)" in err
-    weights = load_weights(SPEC)  # found automatically
-    assert weights.source == str(dst) and weights.has_fc
+    weights = load_weights(spec)  # found automatically
+    assert weights.source == str(dst) and weights.missing_stages(spec) == ()
     assert weights.provenance["source_file"] == src.name
     assert weights.provenance["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
-def test_cli_download_with_url_from_env(server, weights_env, tmp_path, monkeypatch, capsys, torchvision_alexnet_checkpoint):
-    base, src = server
-    monkeypatch.setenv("JAXSAL_ALEXNET_URL", f"{base}/models/{src.name}")
+def test_cli_download_with_url_from_env(good_checkpoint, weights_env, tmp_path, monkeypatch, capsys):
+    spec, url, _, state = good_checkpoint
+    monkeypatch.setenv(f"JAXSAL_{spec.name.upper()}_URL", url)  # JAXSAL_ALEXNET_URL, ...
     out = tmp_path / "out" / "full.safetensors"
-    assert run(["--download", "--quiet", "--dst", str(out)]) == 0
+    net = [] if spec is SPEC else ["--net", spec.name]  # AlexNet is the default
+    assert run(["--download", "--quiet", "--dst", str(out), *net]) == 0
     captured = capsys.readouterr()
     assert "downloading" not in captured.err and str(out) in captured.out
     assert all_files(out.parent) == ["full.safetensors"]
-    _, state = torchvision_alexnet_checkpoint
-    params = load_weights(SPEC, out).params
-    np.testing.assert_array_equal(params["fc3.kernel"], state["classifier.6.weight"].T)
+    params = load_weights(spec, out).params
+    last = spec.params[-2]  # the output layer's kernel: fc3 (classifier.6), fc2 (classifier.3)
+    assert last.key.endswith(".kernel") and last.rule == "linear"
+    np.testing.assert_array_equal(params[last.key], state[last.torch_key].T)
 
 
 @pytest.mark.parametrize(
     "path, expect",
     [
         ("/models/alexnet-owt-00000000.pth", "does not start with 00000000"),
-        ("/short/{name}", "interrupted"),
+        (f"/short/{SHORT}", "interrupted"),
         ("/missing/alexnet-owt-7be5be79.pth", "HTTP 404"),
         ("/models/alexnet-nohash.pth", "not a PyTorch checkpoint"),
     ],
     ids=["wrong-hash", "interrupted", "not-found", "not-a-checkpoint"],
 )
 def test_failed_download_leaves_nothing(server, weights_env, path, expect):
-    base, src = server
-    url = base + path.format(name=src.name)
+    base, _ = server
+    url = base + path
     with pytest.raises(UsageError) as info:
         download(SPEC, url=url, progress=False)
     assert expect in str(info.value) and "\n" not in str(info.value)
@@ -145,12 +170,12 @@ def test_unreachable_server(weights_env):
 
 
 def test_cli_interrupted_download_message_on_its_own_line(server, weights_env, capsys):
-    base, src = server
-    assert run(["--download", "--url", f"{base}/short/{src.name}"]) == 2
+    base, _ = server
+    assert run(["--download", "--url", f"{base}/short/{SHORT}"]) == 2
     err = capsys.readouterr().err
     last = err.splitlines()[-1]
     assert last == (
-        f"jaxsal-convert: error: download of {base}/short/{src.name} was interrupted after "
+        f"jaxsal-convert: error: download of {base}/short/{SHORT} was interrupted after "
         f"4096 of 16384 bytes; try again"
     )
     assert err.endswith("\n") and err.count("\n") == 2  # progress line, then the error

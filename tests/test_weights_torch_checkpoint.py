@@ -75,6 +75,7 @@ def test_module_state_dict_and_wrappers(tmp_path, fmt):
             np.testing.assert_array_equal(got[key], sd[key].numpy())
 
 
+@pytest.mark.slow
 def test_full_alexnet_checkpoint(torchvision_alexnet_checkpoint):
     path, state = torchvision_alexnet_checkpoint
     got = read_torch_checkpoint(path)

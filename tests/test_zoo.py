@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 
 import numpy as np
 import pytest
@@ -104,6 +105,9 @@ PARITY = {
     "Resnet50": (64, (("fc", (1, 1000)),)),
     "Resnet152": (64, (("layer2_bottleneck0", (4, 400)),)),
 }
+# VGG's fc layers need the full 224 x 224 input. There, float64 only: vanilla maps of fc units of
+# a deep random VGG are ill-conditioned in float32 (PyTorch's own float32 Vgg11 fc2 vanilla maps
+# are 1.3e-3 from float64, jaxsal's 4e-4), so float32 agreement would measure the conditioning.
 FULL_SIZE = {"Vgg11": (("fc3", (3, 1000)),)}
 
 
@@ -126,7 +130,7 @@ def relative_l2(ours, ref):
     return np.sqrt(((ours - ref) ** 2).sum(axes)) / np.sqrt((ref ** 2).sum(axes))
 
 
-def check_parity(spec, cases):
+def check_parity(spec, cases, float32: bool = True):
     import jax
 
     from jaxsal.core import compiled_saliency
@@ -145,7 +149,7 @@ def check_parity(spec, cases):
             ours32 = np.asarray(fn(params, x, np.asarray(channels) - 1))
             assert ours32.dtype == np.float32 and ours32.shape == ref.shape
             err32 = relative_l2(ours32, ref)
-            assert np.median(err32) < 1e-5, (layer, method, err32)
+            assert not float32 or np.median(err32) < 1e-5, (layer, method, err32)
             with jax.enable_x64(True):
                 params64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
                 ours64 = np.asarray(fn(params64, x.astype(np.float64), np.asarray(channels) - 1))
@@ -154,14 +158,30 @@ def check_parity(spec, cases):
             assert np.max(err64) < 1e-9, (layer, method, err64)
 
 
+def check_parity_in_fresh_process(name: str, size: int | None, cases, float32: bool = True) -> None:
+    """`check_parity` in a new Python process with XLA's default configuration: the test process
+    runs `jaxsal.tune_cpu()` (tests/conftest.py), whose Eigen convolutions are ~20x slower in
+    float64."""
+    import os
+    import subprocess
+    import sys
+
+    spec = f"sized({name!r}, {size})" if size else f"get_net_spec({name!r})"
+    code = f"import test_zoo as t\nt.check_parity(t.{spec}, {cases!r}, float32={float32})\n"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAXSAL_XLA_TUNING": "0"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=pathlib.Path(__file__).parent, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_maps_match_pytorch(name):
     size, cases = PARITY[name]
-    check_parity(sized(name, size), cases)
+    check_parity_in_fresh_process(name, size, cases)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FULL_SIZE)
 def test_fc_maps_match_pytorch_at_full_size(name):
-    check_parity(get_net_spec(name), FULL_SIZE[name])
+    check_parity_in_fresh_process(name, None, FULL_SIZE[name], float32=False)

@@ -1,4 +1,4 @@
-"""Batching, multi-device sharding, batch-size choice and out-of-memory retry."""
+"""Batching, multi-device sharding, batch-size choice and out-of-memory retry (on TinyNet)."""
 import os
 import subprocess
 import sys
@@ -9,43 +9,37 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsal import runner
+import tiny_net
+from jaxsal import batching as runner
 from jaxsal.errors import UsageError
-from jaxsal.models import get_net_spec
-from jaxsal.saliency import Net
-
-
-class _RandomWeights:
-    has_fc = True
-
-    def describe(self):
-        return "random"
+from jaxsal.net import net_from_weights
+from jaxsal.weights import Weights
 
 
 def random_net(seed=0):
-    spec = get_net_spec("AlexNet")
-    params = spec.build("fc3").init(jax.random.PRNGKey(seed), jnp.zeros((1, 224, 224, 3)))["params"]
-    return Net(spec=spec, weights=_RandomWeights(), params=params)
+    """TinyNet with seeded random weights (no file involved)."""
+    weights = Weights(params=tiny_net.random_params(seed=seed), source="random", sha256="0" * 64,
+                      provenance={})
+    return net_from_weights(tiny_net.TINY, weights)
 
 
 def inputs(n, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 224, 224, 3)).astype(np.float32)
+    return np.random.default_rng(seed).standard_normal((n, 32, 32, 3)).astype(np.float32)
 
 
 SHARDED_RUN = textwrap.dedent("""
     import sys, numpy as np, jax
     sys.path.insert(0, {tests!r})
-    from test_runner import random_net, inputs
-    from jaxsal.runner import iter_saliency
+    from test_batching import random_net, inputs
+    from jaxsal.batching import iter_saliency
     assert jax.local_device_count() == 4, jax.local_devices()
-    parts = list(iter_saliency(random_net(), inputs(5), "conv5", [3, 77], "guided",
+    parts = list(iter_saliency(random_net(), inputs(5), "conv3", [3, 14], "guided",
                                n_images=5, batch_size=3))
     np.save({out!r}, np.concatenate(parts, axis=1))
     print([p.shape for p in parts])
 """)
 
 
-@pytest.mark.slow
 def test_four_cpu_devices_give_the_single_device_result(tmp_path):
     out = tmp_path / "sharded.npy"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -53,11 +47,11 @@ def test_four_cpu_devices_give_the_single_device_result(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     # batch_size 3 rounds up to 4 (a multiple of the device count): batches of 4 and 1 (+3 padding)
-    assert done.stdout.strip() == "[(2, 4, 3, 224, 224), (2, 1, 3, 224, 224)]"
+    assert done.stdout.strip() == "[(2, 4, 3, 32, 32), (2, 1, 3, 32, 32)]"
     sharded = np.load(out)
-    single = np.concatenate(list(runner.iter_saliency(random_net(), inputs(5), "conv5", [3, 77],
+    single = np.concatenate(list(runner.iter_saliency(random_net(), inputs(5), "conv3", [3, 14],
                                                       "guided", n_images=5, batch_size=3)), axis=1)
-    assert single.shape == sharded.shape == (2, 5, 3, 224, 224)
+    assert single.shape == sharded.shape == (2, 5, 3, 32, 32)
     scale = np.abs(single).max()
     assert scale > 0
     np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-6 * scale)
@@ -85,14 +79,14 @@ def test_batch_size_rounds_to_device_count_and_never_exceeds_need(monkeypatch):
 
 def test_default_batch_size_follows_device_memory(monkeypatch):
     net = random_net()
-    per_image = runner.bytes_per_image(net, "fc3", 2)
+    per_image = runner.bytes_per_image(net, "fc2", 2)
     assert per_image > runner.bytes_per_image(net, "conv1", 2) > 0
     monkeypatch.setattr(runner, "device_memory_bytes", lambda device: 10 * per_image)
-    assert runner.default_batch_size(net, "fc3", 2) == 5 * jax.local_device_count()
+    assert runner.default_batch_size(net, "fc2", 2) == 5 * jax.local_device_count()
     monkeypatch.setattr(runner, "device_memory_bytes", lambda device: per_image)
-    assert runner.default_batch_size(net, "fc3", 2) == jax.local_device_count()
+    assert runner.default_batch_size(net, "fc2", 2) == jax.local_device_count()
     monkeypatch.setattr(runner, "device_memory_bytes", lambda device: 10**15)
-    assert runner.default_batch_size(net, "fc3", 2) == 64 * jax.local_device_count()  # CPU cap
+    assert runner.default_batch_size(net, "fc2", 2) == 64 * jax.local_device_count()  # CPU cap
 
 
 class _FakeOOM(RuntimeError):
@@ -124,7 +118,7 @@ def test_out_of_memory_halves_the_batch_and_recomputes(monkeypatch, capsys):
     monkeypatch.setattr(runner, "compiled_saliency", fake_compiled)
     parts = list(runner.iter_saliency(net, inputs(7), "conv2", [4], "vanilla", n_images=7, batch_size=8))
     got = np.concatenate(parts, axis=1)
-    assert got.shape == (1, 7, 3, 224, 224)
+    assert got.shape == (1, 7, 3, 32, 32)
     assert sizes[0] == 7 and 3 in sizes and sizes[-1] == 1  # 7 -> 3 -> 1 image per call
     assert "retrying with batch size" in capsys.readouterr().err
     expected = np.asarray(real_fn(net.params, jnp.asarray(inputs(7)), jnp.asarray([3])))
