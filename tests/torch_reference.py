@@ -2,10 +2,12 @@
 
 torchvision's AlexNet layout written out in plain torch (no torchvision needed), the original
 program's layer names mapped to module indices, the target of SPEC §4, and guided backprop as a
-torch.autograd.Function -- no code shared with jaxsal.
+torch.autograd.Function (the one of tests/torch_nets.py) -- no code shared with jaxsal.
 """
 import torch
 from torch import nn
+
+from torch_nets import ReLU  # plain, or guided: g_in = g_out * 1[x > 0] * 1[g_out > 0]
 
 # layer name -> (part, index) of the module whose output is the target, torchvision numbering.
 TORCH_LAYERS = {
@@ -19,29 +21,12 @@ TORCH_LAYERS = {
 }
 
 
-class GuidedReLUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (x > 0).to(g.dtype) * (g > 0).to(g.dtype)
-
-
-class GuidedReLU(nn.Module):
-    def forward(self, x):
-        return GuidedReLUFunction.apply(x)
-
-
 class TorchAlexNet(nn.Module):
     """torchvision.models.AlexNet, module for module (same state_dict keys)."""
 
     def __init__(self, guided: bool = False):
         super().__init__()
-        relu = GuidedReLU if guided else (lambda: nn.ReLU(inplace=False))
+        relu = lambda: ReLU(guided)  # noqa: E731
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, 11, 4, 2), relu(), nn.MaxPool2d(3, 2),
             nn.Conv2d(64, 192, 5, padding=2), relu(), nn.MaxPool2d(3, 2),
