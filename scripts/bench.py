@@ -9,7 +9,11 @@ Three implementations of the same maps (CPU, float32):
              (scripts/torch_baselines.py). Column "a0" is the same loop without weight gradients.
   (b) torch  PyTorch done well: one forward per batch stopped at the target layer, one
              `torch.autograd.grad` per channel, no hooks.
-  (c) jax    jaxsal's jitted core (`jaxsal.saliency.compiled_saliency`).
+  (c) jax    jaxsal's jitted core (`jaxsal.core.compiled_saliency`).
+
+Any registered network (--net, default AlexNet) on seeded random weights, the same on both sides
+(converted with `jaxsal.weights.conversion.from_torchvision`); PyTorch's AlexNet is
+scripts/torch_baselines.py's, every other network tests/torch_nets.py's plain-PyTorch one.
 
 Steady state is the median of --repeats timed calls after a warm-up call; the three are timed
 round-robin (one call of each per round) so that load from other processes hits them alike.
@@ -18,6 +22,8 @@ Compile time is jaxsal's first call minus its steady-state call. (a) is timed on
 
     python scripts/bench.py                 # the full matrix: fc3, conv5 x guided, vanilla x 6, 64, 256
     python scripts/bench.py --quick         # one small case per layer, a minute or two
+    python scripts/bench.py --net Vgg16 --methods guided --batches 16 --repeats 3 --orig-images 2
+                                            # another network: its default layers (conv13, fc3)
     python scripts/bench.py --ablate        # the "what we tried" variants of jaxsal's core
     python scripts/bench.py --cli           # the end-to-end dnn_saliency command, cold and warm
 
@@ -30,6 +36,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import pathlib
 import platform
@@ -47,18 +54,22 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-# jaxsal before jax: importing jaxsal sets its verified XLA flags (jaxsal/runtime.py) before JAX
-# reads XLA_FLAGS, exactly as the dnn_saliency command does.
+# jaxsal's verified XLA CPU flags before anything imports JAX (jaxsal.xla_config.tune_cpu),
+# exactly as the dnn_saliency command does at its entry; importing jaxsal alone sets nothing.
 ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # as given to this script
 import jaxsal  # noqa: E402
-import jaxsal.runtime  # noqa: E402
+import jaxsal.xla_config  # noqa: E402
 
-ADDED_FLAGS = os.environ.get("XLA_FLAGS", "")[len(ORIGINAL_XLA_FLAGS):].split()
+ADDED_FLAGS = jaxsal.tune_cpu()
 
 import numpy as np  # noqa: E402
 
 JSON_PREFIX = "BENCH_JSON "
-LAYERS = ("fc3", "conv5")
+NET = "AlexNet"
+# --layers when not given: a conv-like and an fc target per network (others: the Grad-CAM layer,
+# i.e. the last conv-like block, and the last layer).
+DEFAULT_LAYERS = {"AlexNet": ("fc3", "conv5"), "Vgg16": ("conv13", "fc3"),
+                  "Resnet50": ("layer4_bottleneck2", "fc")}
 METHODS = ("guided", "vanilla")
 BATCHES = (6, 64, 256)
 CHANNELS = (1, 7)  # 1-based; any two channels cost the same
@@ -102,30 +113,71 @@ def versions() -> dict:
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
 
 
-def layer_macs(spec) -> list[tuple[str, int]]:
-    """(layer, multiply-accumulates per image) of every conv and fc layer, in network order,
-    from the network's own layer table (output shape x kernel size x input channels)."""
-    from jaxsal.models.alexnet import CONVS, FCS
+class _MacBackend:
+    """Runs a network description (`jaxsal.models.layers`) on shapes and counts the
+    multiply-accumulates of its convolutions (output C*H*W x kernel area x input channels) and
+    linear layers (in x out), blocks included; everything else (batch norm, ReLU, pooling, sums,
+    concatenations) counts as free."""
 
-    out = []
-    for name, cin, cout, k, _, _ in CONVS:
-        c, h, w = spec.layer(name).shape
-        out.append((name, c * h * w * k * k * cin))
-    for name, fin, fout in FCS:
-        out.append((name, fin * fout))
+    def __init__(self):
+        from jaxsal.models.layers import ShapeBackend
+
+        self._shapes = ShapeBackend()
+        self.macs = 0
+
+    def layer(self, op, x):
+        from jaxsal.models.layers import Block, Conv, Linear
+
+        if isinstance(op, Block):
+            return op.forward(x, self)
+        y = op.shape(x)
+        if isinstance(op, Conv):
+            kh, kw = op.kernel_hw
+            self.macs += math.prod(y) * kh * kw * x[0]
+        elif isinstance(op, Linear):
+            self.macs += x[0] * op.features
+        return y
+
+    def act(self, x):
+        return x
+
+    def add(self, a, b):
+        return self._shapes.add(a, b)
+
+    def concat(self, xs):
+        return self._shapes.concat(xs)
+
+
+def layer_macs(spec) -> list[tuple[str, int]]:
+    """(layer, multiply-accumulates per image) of every named stage that has any, in network
+    order, counted from the network's description (`_MacBackend`); an unnamed stage's MACs
+    (none in the registered networks) go to the next named one."""
+    from jaxsal.models.layers import run_stages
+
+    backend = _MacBackend()
+    out, before = [], [0]
+
+    def on_stage(stage, _):
+        if stage.name and backend.macs > before[0]:
+            out.append((stage.name, backend.macs - before[0]))
+        if stage.name:
+            before[0] = backend.macs
+
+    run_stages(spec.stages, spec.input_shape, backend, on_stage)
     return out
 
 
 def flops_per_map(spec, layer: str, n_channels: int) -> dict:
     """FLOPs (2 x MACs) of one forward to `layer` plus one input-gradient VJP per channel, per
-    map. A layer's input gradient costs as many MACs as its forward (conv1's included: the map
-    is the gradient with respect to the image; no weight gradients are needed).
+    map. A layer's input gradient costs as many MACs as its forward (the first conv's included:
+    the map is the gradient with respect to the image; no weight gradients are needed).
 
     `standard` counts every layer up to and including the target, as PyTorch runs it.
     `executed` is what jaxsal's core computes for an affine target (raw conv/fc output): the
-    target layer itself is replaced by a once-per-channel batch-1 VJP (jaxsal/saliency.py).
+    target layer itself is replaced by a once-per-channel batch-1 VJP
+    (`jaxsal.core.gradients.gradient_maps`).
     """
-    names = [n for n in spec.layer_names]
+    names = list(spec.layer_names)
     macs = layer_macs(spec)
     upto = names.index(layer)
     fwd = sum(m for name, m in macs if names.index(name) <= upto)
@@ -159,26 +211,98 @@ def measure_peak(size: int = 2048, repeats: int = 7) -> dict:
 # Timing helpers
 
 
-def round_robin(fns: dict, rounds: int, warmup: bool = False) -> dict[str, list[float]]:
-    """Seconds of each call, calling each function once per round in turn."""
+# A call is "clean" when other processes used at most this share of the machine's CPU time
+# while it ran (--max-foreign). On the shared 2-core machine a busy neighbour does not slow both
+# sides of a pair alike: PyTorch's OpenMP threads lose far more than XLA's (AlexNet conv5 N=6:
+# c/b 1.27 idle, 2-5 with another test suite running), so ratios are taken over clean rounds.
+MAX_FOREIGN = 0.10
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_counters() -> tuple[float, float] | None:
+    """(CPU seconds all processes have used, CPU seconds this process has used), or None where
+    /proc/stat cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...
+    busy = sum(int(v) for i, v in enumerate(fields[1:9]) if i not in (3, 4)) / _CLK_TCK
+    return busy, time.process_time()
+
+
+class Timings(dict):
+    """{name: [seconds per call]} plus `foreign`: {name: [share of the machine's CPU time that
+    other processes used during each call]} (0 where unknown)."""
+
+    foreign: dict
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def round_robin(fns: dict, rounds: int, warmup: bool = False) -> Timings:
+    """Seconds of each call, calling each function once per round in turn; with the CPU share
+    other processes took during each call (`Timings.foreign`)."""
     if warmup:
         for f in fns.values():
             f()
-    times = {k: [] for k in fns}
+    times = Timings({k: [] for k in fns})
+    times.foreign = {k: [] for k in fns}
+    cores = _usable_cores()
     for _ in range(rounds):
         for k, f in fns.items():
+            c0 = _cpu_counters()
             t = time.perf_counter()
             f()
-            times[k].append(time.perf_counter() - t)
+            wall = time.perf_counter() - t
+            c1 = _cpu_counters()
+            times[k].append(wall)
+            if c0 is None or c1 is None:
+                times.foreign[k].append(0.0)
+            else:  # other processes' CPU seconds, less two ticks of /proc/stat's resolution
+                other = (c1[0] - c0[0]) - (c1[1] - c0[1]) - 2 / _CLK_TCK
+                times.foreign[k].append(max(0.0, other) / (wall * cores))
     return times
+
+
+def clean_rounds(times: dict, *keys: str) -> list[int]:
+    """Indices of the rounds in which every call of `keys` was clean (see MAX_FOREIGN); all
+    rounds when none was, or when `times` has no record of the load."""
+    n = min(len(times[k]) for k in keys)
+    foreign = getattr(times, "foreign", None)
+    if not foreign:
+        return list(range(n))
+    clean = [i for i in range(n) if all(foreign[k][i] <= MAX_FOREIGN for k in keys)]
+    return clean or list(range(n))
+
+
+def n_clean(times: dict, *keys: str) -> int:
+    """How many rounds were clean for all `keys` (0 when none: then all rounds are used)."""
+    foreign = getattr(times, "foreign", None)
+    n = min(len(times[k]) for k in keys)
+    if not foreign:
+        return n
+    return sum(all(foreign[k][i] <= MAX_FOREIGN for k in keys) for i in range(n))
+
+
+def clean_median(times: dict, key: str) -> float:
+    """Median seconds per call of `key` over its clean calls (all calls if none was clean)."""
+    return statistics.median(times[key][i] for i in clean_rounds(times, key))
 
 
 def paired_speedup(times: dict[str, list[float]], fast: str, slow: str, maps_fast: float = 1.0,
                    maps_slow: float = 1.0) -> float:
     """Median over rounds of (maps/s of `fast`) / (maps/s of `slow`), each round's two calls
-    being neighbours in time: more robust to other processes' load than a ratio of medians."""
-    return statistics.median((maps_fast / tf) / (maps_slow / ts)
-                             for tf, ts in zip(times[fast], times[slow]))
+    being neighbours in time: more robust to other processes' load than a ratio of medians.
+    Only the rounds where both calls were clean count (all rounds if there is none)."""
+    return statistics.median((maps_fast / times[fast][i]) / (maps_slow / times[slow][i])
+                             for i in clean_rounds(times, fast, slow))
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,37 +333,49 @@ def relative_errors(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class Setup:
-    spec: object
+    spec: object  # jaxsal.models.NetSpec
     torch_state: dict
     params: dict  # jaxsal nested params (jax arrays)
-    images: np.ndarray  # (Nmax, 224, 224, 3) normalized float32
+    images: np.ndarray  # (Nmax, S, S, 3) normalized float32
+
+    @property
+    def net(self) -> str:
+        return self.spec.name
+
+    def torch_net(self, method: str, param_grads: bool = False):
+        import torch_baselines
+
+        return torch_baselines.build_net(self.net, self.torch_state, method, param_grads)
 
 
-def make_setup(n_images: int, seed: int = 0) -> Setup:
+def make_setup(n_images: int, seed: int = 0, net: str = NET) -> Setup:
+    """Seeded random weights of `net` in torchvision's layout (PyTorch's side) and converted by
+    jaxsal's converter (jaxsal's side), and `n_images` images at the network's input size."""
     import jax
     import jax.numpy as jnp
 
     import torch_baselines
     from jaxsal.models import get_net_spec
-    from jaxsal.models.alexnet import from_torchvision
-    from jaxsal.saliency import nest_params
+    from jaxsal.net import nest_params
+    from jaxsal.weights.conversion import from_torchvision
 
-    spec = get_net_spec("AlexNet")
-    state = torch_baselines.random_state_dict(seed)
-    flat = from_torchvision({k: v.numpy() for k, v in state.items()})
+    spec = get_net_spec(net)
+    state = torch_baselines.random_net_state_dict(net, seed)
+    flat = from_torchvision(spec, {k: v.numpy() for k, v in state.items()})
     params = jax.tree_util.tree_map(jnp.asarray, nest_params(flat))
-    return Setup(spec, state, params, photo_like_images(n_images, seed + 1))
+    return Setup(spec, state, params, photo_like_images(n_images, seed + 1, spec.input_size))
 
 
-def photo_like_images(n: int, seed: int) -> np.ndarray:
+def photo_like_images(n: int, seed: int, size: int = 224) -> np.ndarray:
     """Normalized NHWC float32 images: smooth blobs plus pixel noise, roughly what ImageNet
     normalization makes of photographs (values mostly in -2..2)."""
     rng = np.random.default_rng(seed)
-    out = np.empty((n, 224, 224, 3), np.float32)
+    out = np.empty((n, size, size, 3), np.float32)
+    block = -(-size // 16)
     for i in range(n):
         coarse = rng.normal(0, 1, (16, 16, 3)).astype(np.float32)
-        out[i] = np.kron(coarse, np.ones((14, 14, 1), np.float32))
-        out[i] += rng.normal(0, 0.25, (224, 224, 3)).astype(np.float32)
+        out[i] = np.kron(coarse, np.ones((block, block, 1), np.float32))[:size, :size]
+        out[i] += rng.normal(0, 0.25, (size, size, 3)).astype(np.float32)
     return out
 
 
@@ -256,18 +392,21 @@ def jax_caller(fn, params, images, channels0):
 
 
 def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, orig_images: int,
-               precision: str = "highest") -> dict:
+               precision: str = "highest", torch_channels_last: bool = False) -> dict:
+    """One row: (a), a0, (b), (c) and the matmul probe round-robin; with `torch_channels_last`
+    also (b) with the network and images in torch.channels_last ("torch_cl"), which oneDNN's
+    convolutions may run faster than NCHW."""
     import torch
 
     import torch_baselines
-    from jaxsal.saliency import compiled_saliency
+    from jaxsal.core import compiled_saliency
 
     channels = list(CHANNELS)
     k = len(channels)
     images = setup.images[:batch]
     nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    net = torch_baselines.build(setup.torch_state, method)
-    net_orig = torch_baselines.build(setup.torch_state, method, param_grads=True)
+    net = setup.torch_net(method)
+    net_orig = setup.torch_net(method, param_grads=True)
     fn = compiled_saliency(setup.spec, layer, method, precision)
     call = jax_caller(fn, setup.params, images, np.asarray(channels, np.int32) - 1)
     n_orig = min(batch, orig_images)
@@ -289,17 +428,31 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
         "orig_no_weight_grads": lambda: torch_baselines.original_way(net, nchw[:n_orig], layer, channels),
         "matmul": peak_call,
     }
-    times = round_robin(fns, repeats)
-    steady = {key: statistics.median(v) for key, v in times.items()}
     maps = {"jax": batch * k, "torch": batch * k, "orig": n_orig * k, "orig_no_weight_grads": n_orig * k}
+    if torch_channels_last:
+        net_cl = setup.torch_net(method).to(memory_format=torch.channels_last)
+        x_cl = nchw.contiguous(memory_format=torch.channels_last)
+        fns["torch_cl"] = lambda: torch_baselines.done_well(net_cl, x_cl, layer, channels)
+        errors_cl = relative_errors(ours, fns["torch_cl"]())  # and its warm-up
+        maps["torch_cl"] = batch * k
+    times = round_robin(fns, repeats)
+    steady = {key: clean_median(times, key) for key in times}
     rate = {key: maps[key] / steady[key] for key in maps}
     fl = flops_per_map(setup.spec, layer, k)
     std = fl["standard_gflop_per_map"] * 1e9
     peak_rounds = [peak_flop / t for t in times["matmul"]]
-    pct = {key: statistics.median(maps[key] * std / t / pk for t, pk in zip(times[key], peak_rounds))
+    pct = {key: statistics.median(maps[key] * std / times[key][i] / peak_rounds[i]
+                                  for i in clean_rounds(times, key, "matmul"))
            for key in maps}
-    return {
-        "layer": layer, "method": method, "batch": batch, "channels": k, "precision": precision,
+    extra = {}
+    if torch_channels_last:
+        extra = {"ratio_jax_vs_torch_channels_last": paired_speedup(times, "jax", "torch_cl"),
+                 "ratio_torch_channels_last_vs_torch": paired_speedup(times, "torch_cl", "torch"),
+                 "parity_vs_torch_channels_last": {"median_rel_err": float(np.median(errors_cl)),
+                                                   "max_rel_err": float(errors_cl.max())}}
+    return extra | {
+        "net": setup.net, "layer": layer, "method": method, "batch": batch, "channels": k,
+        "precision": precision,
         "maps_per_s": rate,
         "seconds_per_call": steady,
         "best_maps_per_s": {key: maps[key] / min(times[key]) for key in maps},
@@ -315,7 +468,10 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
         "parity_vs_torch": {"median_rel_err": float(np.median(errors)), "max_rel_err": float(errors.max())},
         "gflop_per_map": {"standard": fl["standard_gflop_per_map"], "executed": fl["executed_gflop_per_map"]},
         "achieved_gflops": {key: rate[key] * fl["standard_gflop_per_map"] for key in maps},
-        "matmul_gflops_in_run": statistics.median(peak_rounds) / 1e9,
+        "matmul_gflops_in_run": statistics.median(peak_rounds[i] for i in clean_rounds(times, "matmul")) / 1e9,
+        "foreign_cpu_share": dict(times.foreign),
+        "clean_rounds_jax_torch": n_clean(times, "jax", "torch"),
+        "max_foreign": MAX_FOREIGN,
         "fraction_of_matmul_peak": pct,
     }
 
@@ -328,21 +484,38 @@ def _print_head(title: str, head: str) -> None:
     print("-" * len(head))
 
 
+def _layer_width(rows: list[dict]) -> int:
+    return max([6] + [len(r["layer"]) for r in rows])
+
+
+def _net_of(rows: list[dict]) -> str:
+    return rows[0].get("net", NET) if rows else NET
+
+
 def print_cases(cases: list[dict]) -> None:
+    w = _layer_width(cases)
     _print_head(
-        "Saliency maps per second (maps = images x channels), steady state: median of the timed "
-        "calls;\nratios: median over rounds of the ratio between neighbouring calls",
-        f"{'layer':6} {'method':8} {'N':>4} | {'(a) orig':>9} {'a0':>6} {'(b) torch':>9} {'(c) jax':>8} | "
-        f"{'c/b':>5} {'c/a':>5} {'c/a0':>5} | {'compile s':>9} | {'GFLOP/s c':>9} {'matmul':>6} {'% peak':>6} | parity")
+        f"{_net_of(cases)}: saliency maps per second (maps = images x channels), steady state: "
+        "median of the timed calls;\nratios: median over rounds of the ratio between neighbouring calls",
+        f"{'layer':{w}} {'method':8} {'N':>4} | {'(a) orig':>9} {'a0':>6} {'(b) torch':>9} {'(c) jax':>8} | "
+        f"{'c/b':>5} {'c/a':>5} {'c/a0':>5} | {'compile s':>9} | {'GFLOP/s c':>9} {'matmul':>6} {'% peak':>6} | parity  | clean")
     for c in cases:
         r = c["maps_per_s"]
         orig = f"{r['orig']:.2f}" + ("*" if c["orig_extrapolated"] else " ")
         pct = f"{100 * c['fraction_of_matmul_peak']['jax']:5.0f}%"
-        print(f"{c['layer']:6} {c['method']:8} {c['batch']:>4} | {orig:>9} {r['orig_no_weight_grads']:>6.2f} "
+        print(f"{c['layer']:{w}} {c['method']:8} {c['batch']:>4} | {orig:>9} {r['orig_no_weight_grads']:>6.2f} "
               f"{r['torch']:>9.2f} {r['jax']:>8.2f} | {c['ratio_jax_vs_torch']:>5.2f} {c['ratio_jax_vs_orig']:>5.1f} "
               f"{c['ratio_jax_vs_orig_no_weight_grads']:>5.1f} | {c['jax_compile_s']:>9.1f} | "
               f"{c['achieved_gflops']['jax']:>9.0f} {c['matmul_gflops_in_run']:>6.0f} {pct:>6} | "
-              f"{c['parity_vs_torch']['median_rel_err']:.1e}")
+              f"{c['parity_vs_torch']['median_rel_err']:.1e} | {c['clean_rounds_jax_torch']}/{c['repeats']}")
+    cl = [c for c in cases if "torch_cl" in c["maps_per_s"]]
+    if cl:
+        print("(b) in channels_last (network and images in torch.channels_last), same rounds:")
+        for c in cl:
+            print(f"  {c['layer']:{w}} {c['method']:8} {c['batch']:>4} | b_cl {c['maps_per_s']['torch_cl']:.2f} maps/s "
+                  f"({100 * c['fraction_of_matmul_peak']['torch_cl']:.0f}% peak) | b_cl/b "
+                  f"{c['ratio_torch_channels_last_vs_torch']:.2f} | c/b_cl {c['ratio_jax_vs_torch_channels_last']:.2f} | "
+                  f"parity {c['parity_vs_torch_channels_last']['median_rel_err']:.1e}")
     if any(c["orig_extrapolated"] for c in cases):
         n = min(c["orig_measured_images"] for c in cases if c["orig_extrapolated"])
         print(f"* (a) and a0 timed on the first {n} images of the batch and extrapolated: the "
@@ -352,7 +525,9 @@ def print_cases(cases: list[dict]) -> None:
     print("GFLOP/s: one forward + one VJP per channel (standard count) per map. matmul: GFLOP/s of "
           "a 2048^3 float32 jax matmul timed in each round (the machine's peak under the same "
           "load); % peak: median over rounds of c's GFLOP/s over it. parity: median relative "
-          "L2 error of c's maps against b's.")
+          "L2 error of c's maps against b's. clean: rounds in which other processes used at most "
+          f"{100 * MAX_FOREIGN:.0f} % of the machine's CPU time during both (b) and (c); rates, ratios "
+          "and % peak are taken over those rounds only (over all rounds when the count is 0).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +535,8 @@ def print_cases(cases: list[dict]) -> None:
 
 
 def bench_precisions(setup: Setup, layer: str, method: str, batch: int, repeats: int) -> list[dict]:
-    from jaxsal.saliency import PRECISIONS, compiled_saliency
+    from jaxsal.core import compiled_saliency
+    from jaxsal.methods import PRECISIONS
 
     ch0 = np.asarray(CHANNELS, np.int32) - 1
     images = setup.images[:batch]
@@ -377,9 +553,9 @@ def bench_precisions(setup: Setup, layer: str, method: str, batch: int, repeats:
     rows = []
     for p in PRECISIONS:
         err = relative_errors(outs[p], outs["highest"])
-        steady = statistics.median(times[p])
-        rows.append({"layer": layer, "method": method, "batch": batch, "precision": p,
-                     "maps_per_s": batch * len(CHANNELS) / steady,
+        steady = clean_median(times, p)
+        rows.append({"net": setup.net, "layer": layer, "method": method, "batch": batch,
+                     "precision": p, "maps_per_s": batch * len(CHANNELS) / steady,
                      "speed_vs_highest": paired_speedup(times, p, "highest"),
                      "compile_s": max(first[p] - steady, 0.0),
                      "median_rel_err_vs_highest": float(np.median(err)),
@@ -413,13 +589,14 @@ def bench_accelerator(setup: Setup, layer: str, method: str, batch: int, repeats
     import torch
 
     import torch_baselines
-    from jaxsal.saliency import PRECISIONS, compiled_saliency
+    from jaxsal.core import compiled_saliency
+    from jaxsal.methods import PRECISIONS
 
     device = torch.device(torch_device)
     ch0 = np.asarray(CHANNELS, np.int32) - 1
     images = setup.images[np.arange(batch) % len(setup.images)]
     x_torch = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-    net = torch_baselines.build(setup.torch_state, method).to(device)
+    net = setup.torch_net(method).to(device)
 
     def sync():
         if device.type == "cuda":
@@ -444,11 +621,11 @@ def bench_accelerator(setup: Setup, layer: str, method: str, batch: int, repeats
         parity = relative_errors(outs[p], ref)
         times = round_robin({"jax": call, "torch": torch_call}, repeats, warmup=True)
         err = relative_errors(outs[p], outs["highest"])
-        steady = statistics.median(times["jax"])
-        rows.append({"layer": layer, "method": method, "batch": batch, "precision": p,
-                     "jax_device": str(jax.devices()[0]), "torch_device": str(device),
+        steady = clean_median(times, "jax")
+        rows.append({"net": setup.net, "layer": layer, "method": method, "batch": batch,
+                     "precision": p, "jax_device": str(jax.devices()[0]), "torch_device": str(device),
                      "jax_maps_per_s": batch * len(CHANNELS) / steady,
-                     "torch_maps_per_s": batch * len(CHANNELS) / statistics.median(times["torch"]),
+                     "torch_maps_per_s": batch * len(CHANNELS) / clean_median(times, "torch"),
                      "ratio_jax_vs_torch": paired_speedup(times, "jax", "torch"),
                      "jax_compile_s": max(first - steady, 0.0),
                      "median_rel_err_vs_highest": float(np.median(err)),
@@ -458,25 +635,27 @@ def bench_accelerator(setup: Setup, layer: str, method: str, batch: int, repeats
 
 
 def print_accelerator(rows: list[dict]) -> None:
+    w = _layer_width(rows)
     _print_head(
-        f"Accelerator rows: jaxsal on {rows[0]['jax_device']}, PyTorch (b) on {rows[0]['torch_device']}; "
+        f"{_net_of(rows)} accelerator rows: jaxsal on {rows[0]['jax_device']}, PyTorch (b) on {rows[0]['torch_device']}; "
         "maps/s, steady state; median relative error of jaxsal's maps against its 'highest' and "
         "against PyTorch at the same precision",
-        f"{'layer':6} {'method':8} {'N':>5} {'precision':9} | {'jax':>9} {'torch':>9} {'jax/torch':>9} | "
+        f"{'layer':{w}} {'method':8} {'N':>5} {'precision':9} | {'jax':>9} {'torch':>9} {'jax/torch':>9} | "
         f"{'compile s':>9} | {'median err':>10} {'max err':>9} {'vs torch':>9}")
     for r in rows:
-        print(f"{r['layer']:6} {r['method']:8} {r['batch']:>5} {r['precision']:9} | {r['jax_maps_per_s']:>9.1f} "
+        print(f"{r['layer']:{w}} {r['method']:8} {r['batch']:>5} {r['precision']:9} | {r['jax_maps_per_s']:>9.1f} "
               f"{r['torch_maps_per_s']:>9.1f} {r['ratio_jax_vs_torch']:>9.2f} | {r['jax_compile_s']:>9.1f} | "
               f"{r['median_rel_err_vs_highest']:>10.1e} {r['max_rel_err_vs_highest']:>9.1e} "
               f"{r['median_rel_err_vs_torch_same_precision']:>9.1e}")
 
 
 def print_precisions(rows: list[dict]) -> None:
+    w = _layer_width(rows)
     _print_head(
-        "Precision: speed and relative L2 error of each map against 'highest' (median / max over maps)",
-        f"{'layer':6} {'method':8} {'N':>4} {'precision':10} | {'maps/s':>7} {'speed':>6} | {'median err':>10} {'max err':>9}")
+        f"{_net_of(rows)} precision: speed and relative L2 error of each map against 'highest' (median / max over maps)",
+        f"{'layer':{w}} {'method':8} {'N':>4} {'precision':10} | {'maps/s':>7} {'speed':>6} | {'median err':>10} {'max err':>9}")
     for r in rows:
-        print(f"{r['layer']:6} {r['method']:8} {r['batch']:>4} {r['precision']:10} | {r['maps_per_s']:>7.2f} "
+        print(f"{r['layer']:{w}} {r['method']:8} {r['batch']:>4} {r['precision']:10} | {r['maps_per_s']:>7.2f} "
               f"{r['speed_vs_highest']:>5.2f}x | {r['median_rel_err_vs_highest']:>10.1e} {r['max_rel_err_vs_highest']:>9.1e}")
 
 
@@ -489,14 +668,23 @@ YNN_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
 EIGEN_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
-def _xla_max_pool(x):
-    """The textbook pool: XLA's reduce-window, whose gradient is select-and-scatter."""
-    import flax.linen as nn
+def _xla_max_pool(x, window: int = 3, stride: int = 2, padding: int = 0, ceil: bool = False):
+    """The textbook pool (torch's geometry, ceil mode included): XLA's reduce-window, whose
+    gradient is select-and-scatter. Stands in for `jaxsal.models.primitives.max_pool`."""
+    from jax import lax
 
-    return nn.max_pool(x, (3, 3), (2, 2), "VALID")
+    from jaxsal.models.primitives import _pool_geometry
+
+    lead = x.ndim - 3
+    _, high_h = _pool_geometry(x.shape[-3], window, stride, padding, ceil)
+    _, high_w = _pool_geometry(x.shape[-2], window, stride, padding, ceil)
+    return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max,
+                             (1,) * lead + (window, window, 1), (1,) * lead + (stride, stride, 1),
+                             ((0, 0),) * lead + ((padding, high_h), (padding, high_w), (0, 0)))
 
 
 def _direct_strided_conv(x, kernel, stride, padding, precision=None):
+    """XLA's strided convolution; stands in for `jaxsal.models.primitives.conv_space_to_depth`."""
     from jax import lax
 
     return lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
@@ -504,96 +692,207 @@ def _direct_strided_conv(x, kernel, stride, padding, precision=None):
 
 
 @contextlib.contextmanager
-def _direct_conv1():
-    """Trace conv1 as XLA's strided convolution instead of space-to-depth (ablation only)."""
-    from jaxsal.models import alexnet
+def _patched_network(*, direct_convs: bool = False, xla_pool: bool = False):
+    """Trace with the textbook primitives instead of jaxsal's (ablation only): the Flax backend
+    (`jaxsal.models.network`) looks `max_pool` and `conv_space_to_depth` up at trace time."""
+    from jaxsal.models import network
 
-    saved = alexnet.conv_space_to_depth
-    alexnet.conv_space_to_depth = _direct_strided_conv
+    saved = network.conv_space_to_depth, network.max_pool
+    if direct_convs:
+        network.conv_space_to_depth = _direct_strided_conv
+    if xla_pool:
+        network.max_pool = _xla_max_pool
     try:
         yield
     finally:
-        alexnet.conv_space_to_depth = saved
+        network.conv_space_to_depth, network.max_pool = saved
 
 
-def _variant_spec(spec, *, pool=None, affine=True):
-    from jaxsal.models.alexnet import AlexNet
+def _without_affine(spec):
+    """The same network with no layer marked affine, so the core never takes its affine-target
+    shortcut (NetSpec derives `layers`; this copy carries its own)."""
+    variant = dataclasses.replace(spec)
+    variant.__dict__["layers"] = tuple(dataclasses.replace(l, affine=False) for l in spec.layers)
+    return variant
 
-    layers = spec.layers if affine else tuple(dataclasses.replace(l, affine=False) for l in spec.layers)
-    build = spec.build if pool is None else (lambda **kw: AlexNet(pool=pool, **kw))
-    return dataclasses.replace(spec, layers=layers, build=build)
+
+def _primitive_ops(spec) -> list:
+    """Every primitive op of the description (inside blocks too), in forward order."""
+    from jaxsal.models.layers import Block, ShapeBackend, run_stages
+
+    found = []
+
+    class Recorder(ShapeBackend):
+        def layer(self, op, x):
+            if not isinstance(op, Block):
+                found.append(op)
+            return super().layer(op, x)
+
+    run_stages(spec.stages, spec.input_shape, Recorder())
+    return found
+
+
+def ablation_applicable(spec, layer: str) -> dict[str, bool]:
+    """Which leads can change anything for this network and target."""
+    from jaxsal.models.layers import Conv, MaxPool
+
+    names = [s.name for s in spec.stages]
+    upto = spec.stages[: names.index(layer) + 1]
+    ops = _primitive_ops(dataclasses.replace(spec, stages=upto, cam_layer=layer))
+    return {
+        "affine": spec.layer(layer).affine,
+        "pool": any(isinstance(op, MaxPool) for op in ops),
+        "s2d": any(isinstance(op, Conv) and op.stride > 1 and op.kernel_hw[0] == op.kernel_hw[1]
+                   and op.padding_hw[0] == op.padding_hw[1] and op.kernel_hw[0] >= 2 * op.stride
+                   for op in ops),
+    }
 
 
 def bench_ablation(setup: Setup, layer: str, method: str, batch: int, repeats: int) -> list[dict]:
-    """jaxsal's core with each lead switched off (or on) in turn, round-robin with (b)."""
+    """jaxsal's core with each lead switched off (or on) in turn, round-robin with (b). Leads
+    that cannot change anything for this network and target (no max-pool below it, no
+    space-to-depth convolution, a non-affine target) are left out of the table."""
     import jax
     import jax.numpy as jnp
     import torch
 
     import torch_baselines
-    from jaxsal.saliency import saliency_maps
+    from jaxsal.core.gradients import gradient_maps
 
-    eigen_on = jaxsal.runtime.EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "")
-    # (name, spec options, compiler options, conv1 direct?)
-    variants = [("shipped", {}, None, False)]
+    applicable = ablation_applicable(setup.spec, layer)
+    eigen_on = jaxsal.xla_config.EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "")
+    # (name, options, compiler options); options: affine, pool, s2d (False = lead off), precision
+    variants = [("shipped", {}, None)]
     if eigen_on:
-        variants.append(("- eigen convolutions (YNN convs, jaxlib default)", {}, YNN_CONV_OPTIONS, False))
+        variants.append(("- eigen convolutions (YNN convs, jaxlib default)", {}, YNN_CONV_OPTIONS))
     else:
-        variants.append(("+ eigen convolutions (compile option)", {}, EIGEN_CONV_OPTIONS, False))
+        variants.append(("+ eigen convolutions (compile option)", {}, EIGEN_CONV_OPTIONS))
+    leads = [("affine", "- affine-target shortcut"),
+             ("pool", "- custom max-pool VJP (XLA select-and-scatter)"),
+             ("s2d", "- space-to-depth strided convs (XLA strided conv)")]
+    off = {}
+    for key, name in leads:
+        if applicable[key]:
+            variants.append((name, {key: False}, None))
+            off[key] = False
     variants += [
-        ("- affine-target shortcut", {"affine": False}, None, False),
-        ("- custom max-pool VJP (XLA select-and-scatter)", {"pool": _xla_max_pool}, None, False),
-        ("- conv1 space-to-depth (XLA strided conv)", {}, None, True),
-        ("plain port (all four off)", {"affine": False, "pool": _xla_max_pool},
-         YNN_CONV_OPTIONS if eigen_on else None, True),
-        ("precision=default (fp32 on CPU)", {"precision": "default"}, None, False),
+        ("plain port (all the leads above off)", off,
+         YNN_CONV_OPTIONS if eigen_on else None),
+        ("precision=default (fp32 on CPU)", {"precision": "default"}, None),
         ("single-threaded Eigen (xla_cpu_multi_thread_eigen=false)", {},
-         {"xla_cpu_multi_thread_eigen": False}, False),
+         {"xla_cpu_multi_thread_eigen": False}),
     ]
     ch0 = jnp.asarray(np.asarray(CHANNELS, np.int32) - 1)
     x = jnp.asarray(setup.images[:batch])
     fns, outs = {}, {}
-    for name, opts, compiler_options, direct in variants:
-        opts = dict(opts)
-        precision = opts.pop("precision", "highest")
-        spec = _variant_spec(setup.spec, **opts)
-        jitted = jax.jit(functools.partial(saliency_maps, spec, layer, method, precision))
+    for name, opts, compiler_options in variants:
+        spec = setup.spec if opts.get("affine", True) else _without_affine(setup.spec)
+        precision = opts.get("precision", "highest")
+        jitted = jax.jit(functools.partial(gradient_maps, spec, layer, method, precision))
         try:
-            with _direct_conv1() if direct else contextlib.nullcontext():
+            with _patched_network(direct_convs=not opts.get("s2d", True),
+                                  xla_pool=not opts.get("pool", True)):
                 compiled = jitted.lower(setup.params, x, ch0).compile(compiler_options=compiler_options)
         except Exception as e:  # an option this jaxlib does not know
             print(f"  ablation {name!r}: not available here ({type(e).__name__}: {str(e)[:120]})")
             continue
         outs[name] = np.asarray(compiled(setup.params, x, ch0))
         fns[name] = (lambda c: lambda: c(setup.params, x, ch0).block_until_ready())(compiled)
-    net = torch_baselines.build(setup.torch_state, method)
+    net = setup.torch_net(method)
     nchw = torch.from_numpy(np.ascontiguousarray(setup.images[:batch].transpose(0, 3, 1, 2)))
     fns["(b) torch done well"] = lambda: torch_baselines.done_well(net, nchw, layer, list(CHANNELS))
     times = round_robin(fns, repeats, warmup=True)
     ref = outs["shipped"]
     rows = []
     for name, ts in times.items():
-        steady = statistics.median(ts)
+        steady = clean_median(times, name)
         err = relative_errors(outs[name], ref) if name in outs else np.zeros(1)
-        rows.append({"layer": layer, "method": method, "batch": batch, "variant": name,
+        rows.append({"net": setup.net, "layer": layer, "method": method, "batch": batch,
+                     "variant": name,
                      "maps_per_s": batch * len(CHANNELS) / steady,
                      "ratio_vs_torch": paired_speedup(times, name, "(b) torch done well"),
                      "speed_vs_shipped": paired_speedup(times, name, "shipped"),
                      "median_rel_diff_vs_shipped": float(np.median(err)),
-                     "max_rel_diff_vs_shipped": float(err.max())})
+                     "max_rel_diff_vs_shipped": float(err.max()),
+                     "clean_rounds_vs_torch": n_clean(times, name, "(b) torch done well"),
+                     "rounds": repeats})
     return rows
 
 
 def print_ablation(rows: list[dict]) -> None:
+    w = max([20] + [len(f"{r['layer']} {r['method']} N={r['batch']}") for r in rows])
     _print_head(
-        "Ablation (one process, round-robin): each lead switched off from the shipped core",
-        f"{'case':20} {'variant':58} | {'maps/s':>7} {'vs (b)':>6} {'vs shipped':>10} | "
+        f"{_net_of(rows)} ablation (one process, round-robin): each lead switched off from the "
+        "shipped core",
+        f"{'case':{w}} {'variant':58} | {'maps/s':>7} {'vs (b)':>6} {'vs shipped':>10} {'clean':>5} | "
         f"rel diff vs shipped (median, max)")
     for r in rows:
         case = f"{r['layer']} {r['method']} N={r['batch']}"
-        print(f"{case:20} {r['variant']:58} | {r['maps_per_s']:>7.2f} {r['ratio_vs_torch']:>5.2f}x "
-              f"{r['speed_vs_shipped']:>9.2f}x | {r['median_rel_diff_vs_shipped']:.1e}, "
+        print(f"{case:{w}} {r['variant']:58} | {r['maps_per_s']:>7.2f} {r['ratio_vs_torch']:>5.2f}x "
+              f"{r['speed_vs_shipped']:>9.2f}x {str(r['clean_rounds_vs_torch']) + '/' + str(r['rounds']):>5} | "
+              f"{r['median_rel_diff_vs_shipped']:.1e}, "
               f"{r['max_rel_diff_vs_shipped']:.1e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the time goes: the same maps with the target moved up the network
+
+
+def bench_stages(setup: Setup, layers: list[str], method: str, batch: int, repeats: int) -> list[dict]:
+    """(b) and (c) for each target of `layers` (in network order), round-robin over all of them:
+    the difference between neighbouring targets is the cost of the stages in between (a forward
+    and one VJP per channel through them), so the per-segment ratio says where jaxsal gains or
+    loses against PyTorch."""
+    import torch
+
+    import torch_baselines
+    from jaxsal.core import compiled_saliency
+
+    order = list(setup.spec.layer_names)
+    layers = sorted(layers, key=order.index)
+    ch0 = np.asarray(CHANNELS, np.int32) - 1
+    images = setup.images[:batch]
+    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    net = setup.torch_net(method)
+    fns = {}
+    for layer in layers:
+        fns[f"jax {layer}"] = jax_caller(compiled_saliency(setup.spec, layer, method, "highest"),
+                                         setup.params, images, ch0)
+        fns[f"torch {layer}"] = (lambda l: lambda: torch_baselines.done_well(net, nchw, l, list(CHANNELS)))(layer)
+    times = round_robin(fns, repeats, warmup=True)
+    med = {k: clean_median(times, k) for k in times}
+    rows, prev = [], None
+    for layer in layers:
+        fl = flops_per_map(setup.spec, layer, len(CHANNELS))
+        row = {"net": setup.net, "layer": layer, "method": method, "batch": batch,
+               "jax_s": med[f"jax {layer}"], "torch_s": med[f"torch {layer}"],
+               "ratio_jax_vs_torch": paired_speedup(times, f"jax {layer}", f"torch {layer}"),
+               "clean_rounds": n_clean(times, f"jax {layer}", f"torch {layer}"), "rounds": repeats,
+               "gflop_per_call": fl["standard_gflop_per_map"] * batch * len(CHANNELS)}
+        if prev is None:
+            row.update(seg_jax_s=row["jax_s"], seg_torch_s=row["torch_s"], seg_gflop=row["gflop_per_call"])
+        else:
+            row.update(seg_jax_s=row["jax_s"] - prev["jax_s"], seg_torch_s=row["torch_s"] - prev["torch_s"],
+                       seg_gflop=row["gflop_per_call"] - prev["gflop_per_call"])
+        rows.append(row)
+        prev = row
+    return rows
+
+
+def print_stages(rows: list[dict]) -> None:
+    w = _layer_width(rows)
+    _print_head(
+        f"{_net_of(rows)}: where the time goes, {rows[0]['method']} N={rows[0]['batch']} x {len(CHANNELS)} "
+        "channels; seconds per call with the target at each layer (medians), and the segment from "
+        "the previous target (differences of medians; noisy when small)",
+        f"{'up to layer':{w}} | {'jax s':>7} {'torch s':>7} {'c/b':>5} {'clean':>5} | {'segment GFLOP':>13} "
+        f"{'jax s':>7} {'torch s':>7} {'jax GFLOP/s':>11} {'torch GFLOP/s':>13}")
+    for r in rows:
+        gj = r["seg_gflop"] / r["seg_jax_s"] if r["seg_jax_s"] > 0 else float("nan")
+        gt = r["seg_gflop"] / r["seg_torch_s"] if r["seg_torch_s"] > 0 else float("nan")
+        clean = f"{r['clean_rounds']}/{r['rounds']}"
+        print(f"{r['layer']:{w}} | {r['jax_s']:>7.3f} {r['torch_s']:>7.3f} {r['ratio_jax_vs_torch']:>5.2f} {clean:>5} | "
+              f"{r['seg_gflop']:>13.1f} {r['seg_jax_s']:>7.3f} {r['seg_torch_s']:>7.3f} {gj:>11.0f} {gt:>13.0f}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,14 +960,16 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         env["JAXSAL_HOME"] = str(work / "home")
         env["TORCH_HOME"] = str(work / "torch_home")  # no stray torch hub weights
         env.pop("JAXSAL_WEIGHTS", None)
-        # The command sets its own XLA flags at import; give it the user's, not this process's.
+        # The command sets its own XLA flags at its entry (tune_cpu); give it the user's, not
+        # this process's.
         if ORIGINAL_XLA_FLAGS:
             env["XLA_FLAGS"] = ORIGINAL_XLA_FLAGS
         else:
             env.pop("XLA_FLAGS", None)
         py = sys.executable
-        result: dict = {"images": n_images, "channels": len(CHANNELS), "layer": layer,
-                        "method": method, "stimuli": stimuli}
+        net_name = setup.net if setup is not None else NET
+        result: dict = {"net": net_name, "images": n_images, "channels": len(CHANNELS),
+                        "layer": layer, "method": method, "stimuli": stimuli}
 
         # Start-up: interpreter + imports, and the whole `-help` path.
         t_import, p = _run_timed([py, "-c", "import jaxsal.cli"], env, work)
@@ -679,14 +980,14 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         result["help_s"] = t_help if p.returncode == 0 else None
         t_jax, _ = _run_timed([py, "-c", "import jax, jax.numpy"], env, work)
         result["import_jax_s"] = t_jax
-        load = ("import time, jaxsal; t = time.perf_counter(); net = jaxsal.load_net('AlexNet'"
+        load = ("import time, jaxsal; t = time.perf_counter(); net = jaxsal.load_net({net_name!r}"
                 + (f", weights={weights!r}" if weights else "") + "); "
                 "import jax; jax.block_until_ready(net.params); print(time.perf_counter() - t)")
         t_load, p = _run_timed([py, "-c", load], env, work)
         result["load_net_process_s"] = t_load if p.returncode == 0 else None
         result["load_net_s"] = float(p.stdout.split()[-1]) if p.returncode == 0 else None
 
-        cmd = [py, "-m", "jaxsal.cli", "-net", "AlexNet", "-layer", layer,
+        cmd = [py, "-m", "jaxsal.cli", "-net", net_name, "-layer", layer,
                "-chn", *[str(c) for c in CHANNELS], "-stim", str(csv), "-meth", method,
                "-out", str(work / "out"), "-profile"]
         if weights:
@@ -698,9 +999,9 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         # jitted core on decoded inputs, steady state, (images / batch) batches.
         compute = None
         if setup is not None:
-            from jaxsal.saliency import compiled_saliency
+            from jaxsal.core import compiled_saliency
 
-            bs = _command_batch_size(n_images, layer, batch_size)
+            bs = _command_batch_size(net_name, n_images, layer, batch_size)
             fn = compiled_saliency(setup.spec, layer, method, "highest")
             imgs = setup.images[:bs] if len(setup.images) >= bs else photo_like_images(bs, 7)
             call = jax_caller(fn, setup.params, imgs, np.asarray(CHANNELS, np.int32) - 1)
@@ -746,21 +1047,21 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _command_batch_size(n_images: int, layer: str, requested: int | None) -> int:
-    """The batch size the command picks for this run (its runner's rule), or 64 if that cannot
-    be asked (the runner's interface is not part of this benchmark)."""
+def _command_batch_size(net_name: str, n_images: int, layer: str, requested: int | None) -> int:
+    """The batch size the command picks for this run (`jaxsal.batching.pick_batch_size`), or 64
+    if that cannot be asked (its interface is not part of this benchmark)."""
     try:
-        from jaxsal import runner
+        from jaxsal import batching
 
-        net = jaxsal.load_net("AlexNet")
-        return int(runner.pick_batch_size(n_images, requested, net, layer, len(CHANNELS)))
+        net = jaxsal.load_net(net_name)
+        return int(batching.pick_batch_size(n_images, requested, net, layer, len(CHANNELS)))
     except Exception:  # noqa: BLE001
         return requested or 64
 
 
 def print_cli(r: dict) -> None:
     print()
-    print(f"End-to-end dnn_saliency: {r['images']} stimuli ({r.get('stimuli', 'mixed')}) x "
+    print(f"End-to-end dnn_saliency -net {r.get('net', NET)}: {r['images']} stimuli ({r.get('stimuli', 'mixed')}) x "
           f"{r['channels']} channels, {r['layer']} "
           f"{r['method']}, figures to -out; after each run, the pure compute of the same maps "
           f"(jitted core, batch {r.get('pure_compute_batch_size', '?')}, steady state)")
@@ -785,7 +1086,7 @@ def print_cli(r: dict) -> None:
     print(f"  start-up: python {r['python_startup_s']:.2f} s, `import jaxsal.cli` "
           f"{_fmt(r['import_cli_s'])}, `dnn_saliency -help` {_fmt(r['help_s'])}, "
           f"`import jax` {r['import_jax_s']:.2f} s (for comparison)")
-    print(f"  weights: `jaxsal.load_net('AlexNet')` {_fmt(r['load_net_s'])} (JAX import included), "
+    print(f"  weights: `jaxsal.load_net({r.get('net', NET)!r})` {_fmt(r['load_net_s'])} (JAX import included), "
           f"whole process {_fmt(r['load_net_process_s'])}")
 
 
@@ -799,21 +1100,29 @@ def _fmt(x):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
-    ap.add_argument("--layers", default=",".join(LAYERS), help="comma-separated target layers")
+    ap.add_argument("--net", default=NET, help="the network (any registered name; random weights)")
+    ap.add_argument("--layers", default=None,
+                    help="comma-separated target layers (default: the net's conv-like and fc target, "
+                         + "; ".join(f"{k}: {','.join(v)}" for k, v in DEFAULT_LAYERS.items()) + ")")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per case (after a warm-up)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed calls per case (after a warm-up); default 5, --quick 2")
     ap.add_argument("--repeats-large", type=int, default=3, help="timed calls for batches above 64")
     ap.add_argument("--orig-images", type=int, default=8,
                     help="time the original's way on at most this many images per case, extrapolate")
-    ap.add_argument("--precision-cases", default="fc3:guided:64,conv5:guided:64",
-                    help="layer:method:batch cases for the precision table ('' to skip)")
-    ap.add_argument("--ablate", nargs="?", const="fc3:guided:64,conv5:guided:64", default=None,
-                    help="run the ablation table on layer:method:batch cases instead of the matrix")
+    ap.add_argument("--precision-cases", default=None,
+                    help="layer:method:batch cases for the precision table ('' to skip; default: "
+                         "each default layer, guided, 64)")
+    ap.add_argument("--ablate", nargs="?", const=DEFAULT_CASES, default=None,
+                    help="run the ablation table on layer:method:batch cases instead of the matrix "
+                         "(default: each default layer, guided, 64)")
     ap.add_argument("--cli", action="store_true", help="also time the dnn_saliency command end to end")
     ap.add_argument("--cli-only", action="store_true", help="only the command end to end")
     ap.add_argument("--cli-images", type=int, default=120)
-    ap.add_argument("--cli-layer", default="conv5", help="conv5 runs on the bundled weights")
+    ap.add_argument("--cli-layer", default=None,
+                    help="default: the net's conv-like default layer (AlexNet conv5 and Vgg16 conv13 "
+                         "run on the bundled weights)")
     ap.add_argument("--cli-method", default="guided")
     ap.add_argument("--cli-weights", default=None, help="-weights for the command (needed for fc layers)")
     ap.add_argument("--cli-batch-size", type=int, default=None)
@@ -825,15 +1134,49 @@ def parse_args(argv=None):
                          "precision, jaxsal on JAX's default device vs PyTorch (b) on --torch-device")
     ap.add_argument("--accel-batches", default="256,1024", help="batch sizes of the accelerator rows")
     ap.add_argument("--torch-device", default="cuda", help="PyTorch device of the accelerator rows")
+    ap.add_argument("--stages", default=None,
+                    help="only 'where the time goes': (b) and (c) with the target at each of these "
+                         "comma-separated layers, guided (--methods' first), --batches' first N")
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    ap.add_argument("--max-foreign", type=float, default=MAX_FOREIGN,
+                    help="a call is clean when other processes took at most this share of the "
+                         "machine's CPU time while it ran; ratios use clean rounds only")
+    ap.add_argument("--torch-channels-last", action="store_true",
+                    help="also time (b) in torch.channels_last memory format (column b_cl)")
     ap.add_argument("--quick", action="store_true",
-                    help="fc3 and conv5 guided at N=6, 2 repeats, small precision table: a minute or two")
+                    help="the net's default layers (AlexNet: fc3 and conv5) guided at N=6, 2 repeats, "
+                         "small precision table: a minute or two on AlexNet")
     ap.add_argument("--json-only", action="store_true", help="print only the JSON line")
     args = ap.parse_args(argv)
+    from jaxsal.models import get_net_spec
+
+    spec = get_net_spec(args.net)
+    defaults = default_layers(spec)
+    conv_like = next((l for l in defaults if spec.layer(l).kind == "conv"), defaults[0])
+    if args.layers is None:
+        args.layers = ",".join(defaults)
+    if args.precision_cases is None:
+        args.precision_cases = ",".join(f"{l}:guided:64" for l in defaults)
+    if args.ablate == DEFAULT_CASES:
+        args.ablate = ",".join(f"{l}:guided:64" for l in defaults)
+    if args.cli_layer is None:
+        args.cli_layer = conv_like
     if args.quick:
-        args.methods, args.batches, args.repeats, args.orig_images = "guided", "6", 2, 3
-        args.precision_cases = "conv5:guided:6"
+        args.methods, args.batches, args.orig_images = "guided", "6", 3
+        args.repeats = 2 if args.repeats is None else args.repeats
+        args.precision_cases = f"{conv_like}:guided:6"
+    if args.repeats is None:
+        args.repeats = 5
     return args
+
+
+DEFAULT_CASES = "default"
+
+
+def default_layers(spec) -> tuple[str, ...]:
+    """DEFAULT_LAYERS[net], or the net's Grad-CAM layer (its last conv-like block) and last
+    layer."""
+    return DEFAULT_LAYERS.get(spec.name) or (spec.cam_layer, spec.layer_names[-1])
 
 
 def _cases(spec: str) -> list[tuple[str, str, int]]:
@@ -845,7 +1188,9 @@ def _cases(spec: str) -> list[tuple[str, str, int]]:
 
 
 def main(argv=None) -> dict:
+    global MAX_FOREIGN
     args = parse_args(argv)
+    MAX_FOREIGN = args.max_foreign
     quiet = args.json_only
     log = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
     layers = [s for s in args.layers.split(",") if s]
@@ -857,26 +1202,34 @@ def main(argv=None) -> dict:
     if args.accelerator_rows:
         n_max = 64  # images are reused cyclically up to each batch size
 
-    report = {"machine": machine_info(), "versions": versions(),
+    report = {"net": args.net, "machine": machine_info(), "versions": versions(),
               "jaxsal_xla_flags_added": ADDED_FLAGS, "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}
     import torch
 
     torch.set_grad_enabled(True)
     log(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores; " + ", ".join(
         f"{k} {v}" for k, v in report["versions"].items()))
-    setup = make_setup(n_max) if not args.cli_only else make_setup(max(64, 1))
-    if not args.no_peak and not args.cli_only and not args.accelerator_rows:
+    setup = make_setup(n_max if not args.cli_only else 64, net=args.net)
+    if not args.no_peak and not args.cli_only and not args.accelerator_rows and not args.stages:
         report["peak"] = measure_peak()
         log(f"# matmul peak (2048^3 float32, best of 7): jax {report['peak']['jax']['best_gflops']:.0f} GFLOP/s, "
             f"torch {report['peak']['torch']['best_gflops']:.0f} GFLOP/s")
     fl = {layer: flops_per_map(setup.spec, layer, len(CHANNELS)) for layer in layers}
+    if args.stages:
+        fl = {}
     report["flops"] = fl
     for layer, f in fl.items():
-        log(f"# {layer}: forward {f['forward_gflop_per_image']:.3f} GFLOP/image; forward + VJP per channel, "
+        log(f"# {args.net} {layer}: forward {f['forward_gflop_per_image']:.3f} GFLOP/image; forward + VJP per channel, "
             f"{len(CHANNELS)} channels: {f['standard_gflop_per_map']:.3f} GFLOP/map "
             f"(jaxsal executes {f['executed_gflop_per_map']:.3f})")
 
-    if args.accelerator_rows:
+    if args.stages:
+        stage_layers = [s for s in args.stages.split(",") if s]
+        log(f"# stages {', '.join(stage_layers)} N={batches[0]} ...")
+        report["stages"] = bench_stages(setup, stage_layers, methods[0], batches[0], args.repeats)
+        if not quiet:
+            print_stages(report["stages"])
+    elif args.accelerator_rows:
         rows = []
         for batch in [int(b) for b in args.accel_batches.split(",") if b]:
             for layer in layers:
@@ -902,7 +1255,8 @@ def main(argv=None) -> dict:
                 for method in methods:
                     repeats = args.repeats if batch <= 64 else args.repeats_large
                     log(f"# {layer} {method} N={batch} ...")
-                    cases.append(bench_case(setup, layer, method, batch, repeats, args.orig_images))
+                    cases.append(bench_case(setup, layer, method, batch, repeats, args.orig_images,
+                                            torch_channels_last=args.torch_channels_last))
         report["cases"] = cases
         if not quiet:
             print_cases(cases)

@@ -4,7 +4,7 @@
 For each method, one batch of images x K channels of one layer (float32, CPU unless JAX finds an
 accelerator; Captum runs on the CPU):
 
-  jaxsal  `jaxsal.saliency.compiled_saliency`: all K channels x the batch in one jitted call
+  jaxsal  `jaxsal.core.compiled_saliency`: all K channels x the batch in one jitted call
           (compile time reported apart, not in the rate);
   Captum  the same maps the way Captum computes them: one `attribute` call per channel over
           the batch (target = c - 1 on a model whose output is every channel's spatial mean),
@@ -13,8 +13,8 @@ accelerator; Captum runs on the CPU):
 Also the cost of SmoothGrad (n = --smooth) and integrated gradients (M = --ig-steps) relative to
 their base method (guided and vanilla), which should be about n and M.
 
-Weights: a seeded random AlexNet in torchvision's layout (He-scaled), converted with jaxsal's
-converter; the timing does not depend on the values. Images: the bundled example photographs,
+Weights: a seeded random AlexNet in torchvision's layout (He-scaled; shapes from its description,
+`NetSpec.params`), converted with jaxsal's converter (`jaxsal.weights.conversion.from_torchvision`); the timing does not depend on the values. Images: the bundled example photographs,
 repeated to fill the batch.
 
     python scripts/bench_methods.py                      # batch 16, conv5, 2 channels
@@ -38,28 +38,41 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # torch_reference.py: an independent torch AlexNet
 
-import jaxsal  # noqa: E402,F401  (before jax: jaxsal's runtime flags, as the CLI)
+import jaxsal  # noqa: E402
+
+ADDED_FLAGS = jaxsal.tune_cpu()  # before JAX initialises: jaxsal's CPU flags, as the CLI sets them
+
 import numpy as np  # noqa: E402
 
 JSON_PREFIX = "BENCH_METHODS_JSON "
 CASES = ("vanilla", "guided", "deconv", "ig", "smoothgrad", "gradcam", "guided_gradcam")
 
 
-def random_state_dict(seed: int = 0) -> dict:
-    """torchvision AlexNet state_dict, seeded He-scaled normals (numpy float32)."""
-    from jaxsal.models.alexnet import CONVS, FCS, TORCH_NAMES
+# jaxsal layout rule (`jaxsal.weights.conversion.LAYOUT_RULES`) -> jaxsal shape -> torch shape
+TORCH_SHAPE = {
+    "conv": lambda s: (s[3], s[2], s[0], s[1]),  # HWIO -> OIHW
+    "linear": lambda s: (s[1], s[0]),
+    "linear_after_flatten": lambda s: (s[1], s[0]),
+    "copy": lambda s: s,
+}
+
+
+def random_state_dict(seed: int = 0, net: str = "AlexNet") -> dict:
+    """torchvision-layout state_dict of a conv/linear network without batch norm (AlexNet), from
+    its description: seeded He-scaled normal weights, N(0, 0.05^2) biases (numpy float32)."""
+    from jaxsal.models import get_net_spec
 
     rng = np.random.default_rng(seed)
-    shapes = {}
-    for name, cin, cout, k, _, _ in CONVS:
-        shapes[name] = (cout, cin, k, k)
-    for name, fin, fout in FCS:
-        shapes[name] = (fout, fin)
     out = {}
-    for name, shape in shapes.items():
-        fan_in = int(np.prod(shape[1:]))
-        out[f"{TORCH_NAMES[name]}.weight"] = (rng.standard_normal(shape) * (2 / fan_in) ** 0.5).astype(np.float32)
-        out[f"{TORCH_NAMES[name]}.bias"] = (rng.standard_normal(shape[0]) * 0.05).astype(np.float32)
+    for p in get_net_spec(net).params:
+        shape = TORCH_SHAPE[p.rule](p.shape)
+        if p.torch_key.endswith(".weight"):
+            fan_in = int(np.prod(shape[1:]))
+            out[p.torch_key] = (rng.standard_normal(shape) * (2 / fan_in) ** 0.5).astype(np.float32)
+        elif p.torch_key.endswith(".bias"):
+            out[p.torch_key] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        else:
+            raise ValueError(f"{p.torch_key}: only conv/linear networks (no batch norm) here")
     return out
 
 
@@ -97,7 +110,7 @@ def jaxsal_case(spec, params, x, layer, channels, method, repeats):
     import jax
     import jax.numpy as jnp
 
-    from jaxsal.saliency import compiled_saliency
+    from jaxsal.core import compiled_saliency
 
     fn = compiled_saliency(spec, layer, method, "highest")
     xs, ch0 = jnp.asarray(x), jnp.asarray(np.asarray(channels) - 1)
@@ -189,8 +202,8 @@ def main(argv=None) -> dict:
     import jax.numpy as jnp
 
     from jaxsal.models import get_net_spec
-    from jaxsal.models.alexnet import from_torchvision
-    from jaxsal.saliency import nest_params
+    from jaxsal.net import nest_params
+    from jaxsal.weights.conversion import from_torchvision
 
     if not args.no_captum:
         import torch
@@ -198,7 +211,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)
     spec = get_net_spec("AlexNet")
     state_dict = random_state_dict()
-    params = jax.tree_util.tree_map(jnp.asarray, nest_params(from_torchvision(state_dict)))
+    params = jax.tree_util.tree_map(jnp.asarray, nest_params(from_torchvision(spec, state_dict)))
     x = images(args.batch)
     width = spec.layer(args.layer).width
     channels = [1 + (37 * i) % width for i in range(args.channels)]
@@ -226,6 +239,7 @@ def main(argv=None) -> dict:
                     ratio = by_case[case][impl]["median_s"] / by_case[base][impl]["median_s"]
                     costs[case][impl] = ratio
     result = {
+        "jaxsal_xla_flags_added": ADDED_FLAGS,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]},
         "versions": {"jax": jax.__version__, "numpy": np.__version__,

@@ -16,8 +16,8 @@ PY="${PYTHON:-python3}"
 
 { nvidia-smi; "$PY" -c 'import jax, flax, torch; print("jax", jax.__version__, jax.devices(), "| flax", flax.__version__, "| torch", torch.__version__, torch.cuda.is_available())'; } 2>&1 | tee "$OUT/env.txt"
 
-# The core and runner tests on the GPU (parity at float32, sharding, batch size from memory).
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -x tests/test_core.py tests/test_runner.py 2>&1 \
+# The core and batching tests on the GPU (parity at float32, sharding, batch size from memory).
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -x tests/test_core.py tests/test_batching.py 2>&1 \
   | tail -15 | tee "$OUT/tests.txt"
 
 # jaxsal vs PyTorch batched, 256 and 1024 images, each precision (BENCHMARKS.md, "GPU").

@@ -13,12 +13,19 @@ Two ways of computing the same saliency maps (SPEC §4-§5) as jaxsal:
   `torch.autograd.grad` per channel (the batch shares it: images are independent in eval mode).
   No hooks; guided backprop is a ReLU written as an autograd.Function.
 
-Both return float32 maps (K, N, 3, 224, 224) as numpy arrays. The network is torchvision's
-AlexNet module for module (same state_dict keys), so a torchvision state_dict loads unchanged.
+Both return float32 maps (K, N, 3, S, S) as numpy arrays. AlexNet is written out here,
+torchvision's module for module (same state_dict keys), so a torchvision state_dict loads
+unchanged. Every other network (Vgg16, Resnet50, ...) is tests/torch_nets.py's independent plain
+PyTorch implementation (`build_net`, `random_net_state_dict`): same keys, every ReLU its own
+module call, `forward_to(x, layer)` stopping at the target and `forward_all(x)` running to the
+end. For the benchmark its guided ReLUs use this module's single-mask backward (the same rule,
+one multiply fewer).
 """
 from __future__ import annotations
 
 import collections
+import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -134,6 +141,40 @@ def build(state_dict, method: str, param_grads: bool = False) -> AlexNet:
     return net
 
 
+def _torch_nets():
+    """tests/torch_nets.py (the plain-PyTorch references of every non-AlexNet network)."""
+    tests = str(pathlib.Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import torch_nets
+
+    return torch_nets
+
+
+def random_net_state_dict(net_name: str, seed: int = 0) -> "collections.OrderedDict[str, torch.Tensor]":
+    """A seeded random torchvision-layout state_dict of any network (He-scaled weights; random
+    batch-norm statistics, see tests/torch_nets.random_state_dict)."""
+    if net_name == "AlexNet":
+        return random_state_dict(seed)
+    return _torch_nets().random_state_dict(net_name, seed)
+
+
+def build_net(net_name: str, state_dict, method: str, param_grads: bool = False) -> nn.Module:
+    """`build` for any network: AlexNet here, the others from tests/torch_nets.py (eval mode,
+    weights' requires_grad = `param_grads`)."""
+    if net_name == "AlexNet":
+        return build(state_dict, method, param_grads)
+    tn = _torch_nets()
+    net = tn.build(net_name, state_dict, guided=method == "guided")
+    fast = _GuidedReLUFn.apply
+    for m in net.modules():
+        if isinstance(m, tn.ReLU) and m.guided:
+            m.forward = fast  # same rule as torch_nets' (2 mask multiplies), one multiply fewer
+    for p in net.parameters():
+        p.requires_grad_(param_grads)
+    return net
+
+
 def _target(a: torch.Tensor, channel: int) -> torch.Tensor:
     """Per-image target of a 1-based channel: spatial mean (conv-like) or the unit (fc)."""
     a = a[:, channel - 1]
@@ -144,6 +185,8 @@ def original_way(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) 
     """DNNBrain's strategy: per image and channel, a batch-1 forward to the end of the network
     (target caught by a forward hook), `zero_grad`, and one `backward()` from the target (which
     also fills the weights' .grad when `net` was built with param_grads=True)."""
+    if not isinstance(net, AlexNet):
+        return _original_way_staged(net, images_nchw, layer, channels)
     caught = {}
     handle = net.module(layer).register_forward_hook(lambda m, i, o: caught.__setitem__("a", o))
     try:
@@ -158,6 +201,23 @@ def original_way(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) 
         return out
     finally:
         handle.remove()
+
+
+def _original_way_staged(net, images_nchw, layer, channels) -> np.ndarray:
+    """`original_way` on a tests/torch_nets.py network: the whole network runs (`forward_all` to
+    its end), the target layer's output is kept, as the original's forward hook keeps it."""
+    out = np.empty((len(channels),) + tuple(images_nchw.shape), np.float32)
+    for n in range(images_nchw.shape[0]):
+        for k, c in enumerate(channels):
+            x = images_nchw[n : n + 1].clone().requires_grad_(True)
+            caught = None
+            for name, a in net.forward_all(x):
+                if name == layer:
+                    caught = a
+            net.zero_grad()
+            _target(caught, c).sum().backward()
+            out[k, n] = x.grad[0].numpy()
+    return out
 
 
 def done_well(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels, as_numpy: bool = True):
