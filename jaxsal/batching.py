@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxsal.core import compiled_saliency
 from jaxsal.errors import UsageError
 from jaxsal.net import Net
+from jaxsal.request import check_batch_size
 
 # Largest batch worth using per platform: beyond it throughput stops growing (CPU caches) while
 # latency to the first figure and host memory keep growing.
@@ -82,8 +83,7 @@ def pick_batch_size(n_images: int, batch_size: int | None, net: Net | None = Non
     n_dev = jax.local_device_count()
     if batch_size is None:
         batch_size = default_batch_size(net, layer, n_channels) if net is not None else 32
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
     n_images = max(n_images, 1)
     if n_images <= batch_size:
         size = n_images

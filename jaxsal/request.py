@@ -30,6 +30,13 @@ STIM_SUFFIX = ".stim.csv"
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def check_batch_size(value, name: str = "batch_size") -> int:
+    """A batch size: a whole number >= 1 (`name` is how the message spells the option)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UsageError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
     """A saliency run as a user asks for it: the command's flags, as Python values.
@@ -97,10 +104,8 @@ class Request:
                              "to display them")
         if self.save_maps and self.out is None:
             raise UsageError("-save_maps needs -out DIR (the folder the .npz file is written to)")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool)
-                                            or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
-            raise UsageError(f"-batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size is not None:
+            check_batch_size(self.batch_size, "-batch_size")
         if self.precision not in PRECISIONS:
             raise UsageError(f"-precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("vmin", "vmax"):

@@ -18,7 +18,7 @@ import pytest
 from jaxsal.errors import UsageError
 from jaxsal.models import get_net_spec
 from jaxsal.weights import convert_checkpoint, load_weights
-from jaxsal.weights.convert import run
+from jaxsal.weights.command import run
 
 torch = pytest.importorskip("torch")
 
@@ -261,7 +261,7 @@ def test_cli_usage_errors_exit_2(argv, capsys):
 
 
 def test_console_script_help():
-    exe = [sys.executable, "-c", "import sys; from jaxsal.weights.convert import run; sys.exit(run())"]
+    exe = [sys.executable, "-c", "import sys; from jaxsal.weights.command import run; sys.exit(run())"]
     proc = subprocess.run([*exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--download" in proc.stdout and "--src" in proc.stdout
 

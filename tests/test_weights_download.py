@@ -16,7 +16,7 @@ import pytest
 from jaxsal.errors import UsageError
 from jaxsal.models import get_net_spec
 from jaxsal.weights import download, load_weights
-from jaxsal.weights.convert import run
+from jaxsal.weights.command import run
 
 SPEC = get_net_spec("AlexNet")
 

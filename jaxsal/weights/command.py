@@ -1,4 +1,4 @@
-"""`jaxsal-convert`: turn a torchvision checkpoint into jaxsal weights, or download one.
+"""The `jaxsal-convert` command: turn a torchvision checkpoint into jaxsal weights, or download one.
 
     jaxsal-convert --download                      # fetch the official AlexNet file, convert, cache
     jaxsal-convert --download Resnet50             # the same for another network
