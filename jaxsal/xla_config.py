@@ -12,14 +12,12 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 
-# Keep XLA's CPU convolutions on its Eigen kernels and only its matmuls on YNNPACK. jaxlib 0.10.2
-# routes both to YNNPACK by default, and its convolutions (forward and input gradient) measured
-# 1.1-2.8x slower than Eigen's on AlexNet's layers; saliency maps got 15-40 % faster with equal
-# results (BENCHMARKS.md). The flag is experimental: XLA aborts the whole process on a flag it
-# does not know, and its effect may change between releases, so it is added only for the jaxlib
-# versions below, on which it was measured and the parity tests passed. In float64 (x64 mode,
-# API only: the CLI computes in float32) the flag is a loss: Eigen's float64 convolutions measured
-# ~20x slower than the default's (BENCHMARKS.md); do not call `tune_cpu` for float64 work.
+# Keep XLA's CPU convolutions on its Eigen kernels and only its matmuls on YNNPACK: jaxlib 0.10.2
+# routes both to YNNPACK by default, whose convolutions are the slower ones for these networks
+# (BENCHMARKS.md has the measurements). The flag is experimental: XLA aborts the whole process on
+# a flag it does not know, and its effect may change between releases, so it is added only for
+# the jaxlib versions below, on which it was measured and the parity tests passed. In float64 it
+# is a loss (Eigen's float64 convolutions are much slower): do not call `tune_cpu` for that.
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 EIGEN_CONV_VERIFIED_JAXLIB = frozenset({"0.10.2"})
 

@@ -14,7 +14,7 @@ from jax import lax
 # Inputs are folded into the batch until a pass holds about this many images; with a batch at
 # least this large, one input per image per pass.
 CHUNK_IMAGES = 64
-# Passes are unrolled up to this many (XLA:CPU runs the network inside a while loop 2-3x slower;
+# Passes are unrolled up to this many (XLA:CPU runs the network inside a while loop slower;
 # BENCHMARKS.md); beyond it, a scan bounds the compile time.
 MAX_UNROLLED_PASSES = 32
 
