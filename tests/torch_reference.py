@@ -26,7 +26,8 @@ class TorchAlexNet(nn.Module):
 
     def __init__(self, guided: bool = False):
         super().__init__()
-        relu = lambda: ReLU(guided)  # noqa: E731
+        # nn.ReLU modules when plain: Captum's GuidedBackprop and Deconvolution hook those.
+        relu = (lambda: ReLU(guided=True)) if guided else (lambda: nn.ReLU(inplace=False))
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, 11, 4, 2), relu(), nn.MaxPool2d(3, 2),
             nn.Conv2d(64, 192, 5, padding=2), relu(), nn.MaxPool2d(3, 2),
