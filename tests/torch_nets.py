@@ -695,7 +695,13 @@ def torch_saliency(name, state_dict, images_nchw, layer, channels, guided, dtype
     the target is the channel's spatial mean ((C, H, W) outputs) or the unit ((F,) outputs),
     summed over the batch (images are independent in eval mode, so each gets its own gradient)."""
     net = build(name, state_dict, guided, dtype)
-    x = torch.as_tensor(np.asarray(images_nchw)).to(dtype).requires_grad_(True)
+    return channel_maps(net, torch.as_tensor(np.asarray(images_nchw)).to(dtype), layer, channels)
+
+
+def channel_maps(net, x, layer, channels):
+    """(K, N, 3, S, S) numpy: d target / d x for each 1-based channel of `net.forward_to(x, layer)`;
+    the target is the channel's spatial mean ((C, H, W) outputs) or the unit ((F,) outputs)."""
+    x = x.requires_grad_(True)
     out = net.forward_to(x, layer)
     maps = []
     for c in channels:

@@ -7,7 +7,7 @@ torch.autograd.Function (the one of tests/torch_nets.py) -- no code shared with 
 import torch
 from torch import nn
 
-from torch_nets import ReLU  # plain, or guided: g_in = g_out * 1[x > 0] * 1[g_out > 0]
+from torch_nets import ReLU, channel_maps  # plain, or guided: g_in = g_out * 1[x > 0] * 1[g_out > 0]
 
 # layer name -> (part, index) of the module whose output is the target, torchvision numbering.
 TORCH_LAYERS = {
@@ -67,14 +67,4 @@ def torch_saliency(state_dict, images_nchw, layer, channels, guided, dtype=torch
     net = TorchAlexNet(guided=guided).to(dtype)
     net.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()})
     net.eval()
-    x = torch.as_tensor(images_nchw).to(dtype).requires_grad_(True)
-    out = net.forward_to(x, layer)
-    maps = []
-    for c in channels:
-        a = out[:, c - 1]
-        target = a.mean(dim=(1, 2)) if a.ndim == 3 else a
-        (g,) = torch.autograd.grad(target.sum(), x, retain_graph=True)
-        maps.append(g.detach().numpy())
-    import numpy as np
-
-    return np.stack(maps)
+    return channel_maps(net, torch.as_tensor(images_nchw).to(dtype), layer, channels)

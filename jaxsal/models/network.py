@@ -82,7 +82,62 @@ class _Block(nn.Module):
         return self.op.forward(x, FlaxBackend(self.act, self.precision))
 
 
-def _avg_pool(op: AvgPool, x):
+# The Flax computation of each primitive type: `FLAX_LAYERS[type(op)](op, x, backend)`. A new
+# primitive is its description in `layers.py` plus one `@flax_layer` entry here
+# (tests/test_layers.py checks that every primitive has one).
+FLAX_LAYERS: dict[type, Callable] = {}
+
+
+def flax_layer(op_type: type):
+    """Register the Flax computation `fn(op, x, backend)` of primitives of `op_type`."""
+
+    def register(fn):
+        FLAX_LAYERS[op_type] = fn
+        return fn
+
+    return register
+
+
+def flax_computation(op_type: type) -> Callable:
+    """The registered computation of `op_type` (or of its nearest registered base class)."""
+    for cls in op_type.__mro__:
+        if cls in FLAX_LAYERS:
+            return FLAX_LAYERS[cls]
+    raise TypeError(f"no Flax implementation for {op_type.__name__}")
+
+
+@flax_layer(Block)
+def _block(op, x, b):
+    return _Block(op, b.relu, b.precision, name=op.name)(x)
+
+
+@flax_layer(Conv)
+def _conv(op, x, b):
+    return _Conv(op, b.precision, name=op.name)(x)
+
+
+@flax_layer(Linear)
+def _linear(op, x, b):
+    return _Linear(op, b.precision, name=op.name)(x)
+
+
+@flax_layer(BatchNorm)
+def _batch_norm(op, x, b):
+    return _BatchNorm(op, name=op.name)(x)
+
+
+@flax_layer(ReLU)
+def _relu(op, x, b):
+    return b.act(x)
+
+
+@flax_layer(MaxPool)
+def _max_pool(op, x, b):
+    return max_pool(x, op.window, op.stride, op.padding, op.ceil)
+
+
+@flax_layer(AvgPool)
+def _avg_pool(op, x, b):
     if op.ceil:
         raise NotImplementedError("AvgPool with ceil_mode")
     k, s, p = op.window, op.stride, op.padding
@@ -94,38 +149,33 @@ def _avg_pool(op: AvgPool, x):
     return total / jnp.asarray(k * k, x.dtype)  # count_include_pad=True
 
 
+@flax_layer(GlobalAvgPool)
+def _global_avg_pool(op, x, b):
+    return jnp.mean(x, axis=(-3, -2), keepdims=True)
+
+
+@flax_layer(Flatten)
+def _flatten(op, x, b):
+    return x.reshape(x.shape[:-3] + (-1,))  # H,W,C order (see layers.Linear)
+
+
+@flax_layer(ChannelAffine)
+def _channel_affine(op, x, b):
+    return x * jnp.asarray(op.scale, x.dtype) + jnp.asarray(op.shift, x.dtype)
+
+
 class FlaxBackend:
     """Runs a description on arrays, inside a Flax module's compact method (primitives with
     parameters become submodules named after their op)."""
 
-    def __init__(self, act: Callable, precision):
-        self._act, self.precision = act, precision
+    def __init__(self, relu: Callable, precision):
+        self.relu, self.precision = relu, precision  # relu: the method's ReLU (its VJP rule)
 
     def layer(self, op, x):
-        if isinstance(op, Block):
-            return _Block(op, self._act, self.precision, name=op.name)(x)
-        if isinstance(op, Conv):
-            return _Conv(op, self.precision, name=op.name)(x)
-        if isinstance(op, Linear):
-            return _Linear(op, self.precision, name=op.name)(x)
-        if isinstance(op, BatchNorm):
-            return _BatchNorm(op, name=op.name)(x)
-        if isinstance(op, ReLU):
-            return self._act(x)
-        if isinstance(op, MaxPool):
-            return max_pool(x, op.window, op.stride, op.padding, op.ceil)
-        if isinstance(op, AvgPool):
-            return _avg_pool(op, x)
-        if isinstance(op, GlobalAvgPool):
-            return jnp.mean(x, axis=(-3, -2), keepdims=True)
-        if isinstance(op, Flatten):
-            return x.reshape(x.shape[:-3] + (-1,))  # H,W,C order (see layers.Linear)
-        if isinstance(op, ChannelAffine):
-            return x * jnp.asarray(op.scale, x.dtype) + jnp.asarray(op.shift, x.dtype)
-        raise TypeError(f"no Flax implementation for {type(op).__name__}")
+        return flax_computation(type(op))(op, x, self)
 
     def act(self, x):
-        return self._act(x)
+        return self.relu(x)
 
     def add(self, a, b):
         return a + b
