@@ -22,10 +22,12 @@ from absl import flags
 
 from jaxsal import method_flags, models
 from jaxsal.errors import UsageError
-from jaxsal.pipeline import PROG, run as run_pipeline
+from jaxsal.pipeline import run as run_pipeline
+from jaxsal.reporting import Reporter
 from jaxsal.request import Flag, Request
 from jaxsal.xla_config import tune_cpu
 
+PROG = "dnn_saliency"
 DESCRIPTION = ("Find the saliency parts of an image that contributes to the activation of the "
                "specified channel.")
 
@@ -212,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fv = parse_flags(argv)
         request = request_from_flags(fv)
         _MULTI_PROCESS = request.cluster.is_multi
-        report = run_pipeline(request, compilation_cache=True, started=start)
+        report = run_pipeline(request, compilation_cache=True, started=start,
+                              reporter=Reporter(PROG))
     except _Help as h:
         print(str(h), end="")
         return 0
@@ -228,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"report it with the traceback above", file=sys.stderr)
         return 1
     if fv.profile:
-        print(report.timings.report(), file=sys.stderr)
+        print(report.timings.report(PROG), file=sys.stderr)
     return 0
 
 

@@ -23,14 +23,13 @@ import concurrent.futures
 import dataclasses
 import os
 import pathlib
-import sys
 import time
 from typing import Iterator
 
 from jaxsal.errors import UsageError
+from jaxsal.reporting import Progress, Reporter
 from jaxsal.request import Plan, Request, validate
 
-PROG = "dnn_saliency"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,8 +49,8 @@ class Timings:
     setup: float = 0.0
     total: float = 0.0
 
-    def report(self) -> str:
-        return (f"{PROG}: profile: total {self.total:.2f}s = setup {self.setup:.2f}s + run; "
+    def report(self, prefix: str = "jaxsal") -> str:
+        return (f"{prefix}: profile: total {self.total:.2f}s = setup {self.setup:.2f}s + run; "
                 f"decode {self.decode:.2f}s (threads), compute wait {self.compute:.2f}s, "
                 f"display {self.display:.2f}s, render {self.render:.2f}s (worker processes), "
                 f"maps write {self.write:.2f}s")
@@ -73,34 +72,6 @@ class RunReport:
     stimuli: int
     timings: Timings
     weights: dict | None
-
-
-class Progress:
-    """`done/total stimuli, rate` on stderr once a run has taken more than a few seconds."""
-
-    def __init__(self, total: int, stream=None, delay: float = 3.0, every: float = 10.0):
-        stream = sys.stderr if stream is None else stream  # the stderr of the run, not of import
-        self.total, self.stream, self.delay, self.every = total, stream, delay, every
-        self.start = time.perf_counter()
-        self.last = None
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.shown = False
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        elapsed = now - self.start
-        if elapsed < self.delay and done < self.total:
-            return
-        if (not self.tty and self.last is not None and now - self.last < self.every
-                and done < self.total):
-            return
-        if not self.shown and done >= self.total and elapsed < self.delay:
-            return
-        rate = done / elapsed if elapsed > 0 else 0.0
-        end = "\r" if self.tty and done < self.total else "\n"
-        self.stream.write(f"{PROG}: {done}/{self.total} stimuli ({rate:.1f} stimuli/s)    {end}")
-        self.stream.flush()
-        self.last, self.shown = now, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +169,8 @@ class FigureAssembly:
     """Collects, per stimulus, its picture (and -overlay underlay) and its displayed maps, and
     hands out each figure's `FigureJob` once all its stimuli are in, in figure order."""
 
-    def __init__(self, plan: Plan, figures: list[tuple[int, range]]):
-        self.plan, self.figures = plan, figures
+    def __init__(self, plan: Plan, figures: list[tuple[int, range]], reporter: Reporter):
+        self.plan, self.figures, self.reporter = plan, figures, reporter
         self.seconds = 0.0  # the display transform
         self._next = 0
         self._shown: dict[int, tuple] = {}  # stimulus -> (array for its figure, native size)
@@ -226,9 +197,9 @@ class FigureAssembly:
             self._displays[i] = [images[c, j] for c in range(len(plan.channels0))]
             for c, ch in enumerate(plan.channels):
                 if constant[c, j]:
-                    print(f"{PROG}: warning: the map of channel {ch} for stimulus "
-                          f"{plan.stimuli.ids[i]!r} is constant (the channel does not respond "
-                          f"to the image); drawn black", file=sys.stderr)
+                    self.reporter.warn(f"the map of channel {ch} for stimulus "
+                                       f"{plan.stimuli.ids[i]!r} is constant (the channel does "
+                                       f"not respond to the image); drawn black")
 
     def ready(self) -> Iterator[tuple[int, range, object]]:
         """(figure number k, its stimuli, FigureJob) of every next figure whose stimuli are all
@@ -271,10 +242,10 @@ class FigureSink:
     main process imports JAX) draw and write each figure; `Finish: i/n` is printed after each,
     in figure order, and with -show each is shown then, in the main process."""
 
-    def __init__(self, plan: Plan, figures: list[tuple[int, range]]):
+    def __init__(self, plan: Plan, figures: list[tuple[int, range]], reporter: Reporter):
         from jaxsal import render
 
-        self.plan = plan
+        self.plan, self.reporter = plan, reporter
         self.n_stimuli = len(plan.stimuli.paths)
         self.written: list[pathlib.Path] = []
         self.seconds = 0.0  # drawing and writing, in the workers
@@ -306,7 +277,7 @@ class FigureSink:
             self._pending.popleft()
             if self.plan.show:
                 self._show(job)
-            print(f"Finish: {cols.stop}/{self.n_stimuli}", flush=True)
+            self.reporter.finish(cols.stop, self.n_stimuli)
 
     def _show(self, job) -> None:
         from jaxsal import render
@@ -314,8 +285,8 @@ class FigureSink:
         if self._can_show is None:
             self._can_show = render.can_show()
             if not self._can_show:
-                print(f"{PROG}: cannot show figures: no display"
-                      + ("; figures are saved with -out" if self.plan.out else ""), file=sys.stderr)
+                self.reporter.info("cannot show figures: no display"
+                                   + ("; figures are saved with -out" if self.plan.out else ""))
         if self._can_show:
             render.show_figure(job)
 
@@ -329,14 +300,14 @@ class MapSink:
     the end (`jaxsal.maps_io.MapWriter`: whole or not at all). In a multi-process run each
     process writes a part file of its stimuli, and after a barrier process 0 merges them."""
 
-    def __init__(self, plan: Plan, mine: list[int]):
+    def __init__(self, plan: Plan, mine: list[int], reporter: Reporter):
         import numpy as np
 
         from jaxsal import distributed
         from jaxsal.maps_io import MapWriter, map_file_meta
         from jaxsal.methods import map_shape
 
-        self.plan, self.final = plan, plan.maps_path
+        self.plan, self.final, self.reporter = plan, plan.maps_path, reporter
         self.seconds = 0.0
         k, size, n = len(plan.channels0), plan.spec.input_size, len(plan.stimuli.paths)
         self.meta = map_file_meta(plan.net, plan.layer, plan.method, plan.channels,
@@ -369,7 +340,7 @@ class MapSink:
                 path = distributed.merge_parts(self.final, cluster, self.shape, self.meta)
         self.seconds += time.perf_counter() - t
         if path is not None:
-            print(f"{PROG}: maps saved to {path}", file=sys.stderr)
+            self.reporter.info(f"maps saved to {path}")
         return path
 
     def abort(self) -> None:
@@ -392,10 +363,11 @@ class Pipeline:
     figures (global numbers and file names) and computes their stimuli.
     """
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, reporter: Reporter | None = None):
         from jaxsal import render
 
         self.plan = plan
+        self.reporter = Reporter() if reporter is None else reporter
         slices = render.figure_slices(len(plan.stimuli.paths))
         # (global figure number k, global stimulus indices) of the figures this process draws
         self.figures = [(k + 1, slices[k]) for k in plan.cluster.my_figures(len(slices))]
@@ -403,11 +375,11 @@ class Pipeline:
         self.decoder = Decoder(plan, self.figures)
         self.figure_sink = None
         try:
-            self.figure_sink = FigureSink(plan, self.figures)
+            self.figure_sink = FigureSink(plan, self.figures, self.reporter)
         except BaseException:
             self.close()
             raise
-        self.assembly = FigureAssembly(plan, self.figures)
+        self.assembly = FigureAssembly(plan, self.figures, self.reporter)
 
     def execute(self, net) -> RunReport:
         """Compute, draw and save; `Finish: i/n` after each figure, in order."""
@@ -415,10 +387,10 @@ class Pipeline:
         if plan.out is not None:
             plan.out.mkdir(parents=True, exist_ok=True)
         core = Core(plan, net)
-        map_sink = MapSink(plan, self.mine) if plan.save_maps else None
+        map_sink = MapSink(plan, self.mine, self.reporter) if plan.save_maps else None
         maps_path = None
         try:
-            progress = Progress(len(self.mine))
+            progress = self.reporter.progress(len(self.mine))
             done = 0  # stimuli of `mine` computed so far
             for maps in core.maps(self._inputs(), len(self.mine)):
                 b = maps.shape[1]
@@ -479,7 +451,7 @@ def load_net(plan: Plan):
 
 
 def run(request: Request | Plan, *, compilation_cache: bool = False,
-        started: float | None = None) -> RunReport:
+        started: float | None = None, reporter: Reporter | None = None) -> RunReport:
     """Run the command's whole pipeline from Python: figures (and maps) for every stimulus.
 
         report = jaxsal.run(jaxsal.Request(net="AlexNet", layer="conv5", channels=[60, 125],
@@ -496,12 +468,14 @@ def run(request: Request | Plan, *, compilation_cache: bool = False,
     compilation_cache: keep compiled code in the jaxsal cache (`~/.cache/jaxsal/xla`) so a
       later run starts faster, as the command does; it is a setting of the whole process.
     started: `time.perf_counter()` at which the setup time starts (the command passes its own).
+    reporter: where the run's lines go (`jaxsal.reporting.Reporter`); default: `Finish: i/n` on
+      stdout, `jaxsal: ...` lines on stderr (the command passes its `dnn_saliency` one).
     """
     start = time.perf_counter() if started is None else started
     if not isinstance(request, (Request, Plan)):
         raise UsageError(f"jaxsal.run takes a jaxsal.Request, got {type(request).__name__}")
     plan = request if isinstance(request, Plan) else validate(request)
-    with Pipeline(plan) as pipeline:
+    with Pipeline(plan, reporter) as pipeline:
         net = load_net(plan)
         if compilation_cache:
             from jaxsal import xla_config

@@ -326,11 +326,11 @@ def test_progress_writes_to_the_current_stderr(tmp_path):
         "import contextlib, io, sys\n"
         "old = io.StringIO()\n"
         "with contextlib.redirect_stderr(old):\n"
-        "    from jaxsal import pipeline\n"
+        "    from jaxsal import reporting\n"
         "old.close()\n"
         "new = io.StringIO()\n"
         "with contextlib.redirect_stderr(new):\n"
-        "    p = pipeline.Progress(2, delay=0.0)\n"
+        "    p = reporting.Progress(2, delay=0.0)\n"
         "    p.update(2)\n"
         "assert 'stimuli' in new.getvalue(), new.getvalue()\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,

@@ -42,13 +42,27 @@ def headless(monkeypatch):
 # Runs
 
 
+def test_a_reporter_receives_the_runs_lines(tmp_path, tiny_weights, dnn_saliency, headless):
+    """A caller's Reporter gets every line of the run: Finish lines and its own messages."""
+    import io
+
+    from jaxsal.reporting import Reporter
+
+    out, err = io.StringIO(), io.StringIO()
+    jaxsal.run(tiny_request(tiny_weights, out=tmp_path, save_maps=True),
+               reporter=Reporter("mytool", stdout=out, stderr=err))
+    assert out.getvalue().splitlines() == ["Finish: 6/7", "Finish: 7/7"]
+    assert err.getvalue().startswith("mytool: maps saved to"), err.getvalue()
+
+
 def test_run_writes_the_commands_figures_and_maps_and_reports_them(tmp_path, tiny_weights,
                                                                    dnn_saliency, capsys, headless):
     out = tmp_path / "py"
     report = jaxsal.run(tiny_request(tiny_weights, out=out, save_maps=True))
     printed = capsys.readouterr()
     assert printed.out.splitlines() == ["Finish: 6/7", "Finish: 7/7"]
-    assert f"maps saved to {out / 'TinyNet_conv3_maps.npz'}" in printed.err
+    assert f"jaxsal: maps saved to {out / 'TinyNet_conv3_maps.npz'}" in printed.err
+    assert "dnn_saliency" not in printed.err  # the command's prefix is the command's alone
 
     assert isinstance(report, jaxsal.RunReport)
     assert report.figures == (out / "TinyNet_conv3_fig1.jpg", out / "TinyNet_conv3_fig2.jpg")
