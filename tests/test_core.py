@@ -8,7 +8,7 @@ from jax import lax
 import jaxsal
 from jaxsal.errors import UsageError
 from jaxsal.models import get_net_spec
-from jaxsal.core.gradients import target_cotangents
+from jaxsal.core.targets import target_cotangents
 from jaxsal.core.relu_rules import guided_relu
 from jaxsal.models.primitives import conv_space_to_depth, max_pool
 from jaxsal.net import Net, nest_params
@@ -110,6 +110,24 @@ def test_target_cotangents_are_the_gradient_of_the_target():
     fc = spec.layer("fc3")
     cot = target_cotangents(fc, jnp.array([539]), 3, jnp.float32)
     assert cot.shape == (1, 3, 1000) and float(cot[0, 2, 539]) == 1.0 and float(cot.sum()) == 3.0
+
+
+@pytest.mark.parametrize("layer", ["conv5", "fc3"])
+def test_target_cotangents_are_the_gradient_of_target_values(layer):
+    from jaxsal.core.targets import target_values
+
+    info = get_net_spec("AlexNet").layer(layer)
+    shape = (2,) + (info.shape[1:] + info.shape[:1] if info.kind == "conv" else info.shape)
+    act = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    channels0 = jnp.array([3, 0, 3])
+    values = target_values(info, act, channels0)
+    assert values.shape == (3, 2)
+    expected = act.mean(axis=(1, 2)) if info.kind == "conv" else act
+    np.testing.assert_allclose(values, np.asarray(expected)[:, [3, 0, 3]].T, rtol=1e-6)
+    grads = jax.vmap(lambda c: jax.grad(lambda a: target_values(info, a, c[None]).sum())(act))(
+        channels0)
+    np.testing.assert_allclose(grads, target_cotangents(info, channels0, 2, jnp.float32),
+                               rtol=1e-6, atol=1e-9)
 
 
 def test_unknown_layer_and_net_list_valid_names():

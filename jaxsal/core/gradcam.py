@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsal.core.gradients import target_cotangents
+from jaxsal.core.targets import target_cotangents
 from jaxsal.core.precision import setup_precision
 from jaxsal.core.relu_rules import RULES
 from jaxsal.models.network import build

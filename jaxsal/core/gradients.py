@@ -14,23 +14,9 @@ import jax.numpy as jnp
 
 from jaxsal.core.precision import setup_precision
 from jaxsal.core.relu_rules import RULES
-from jaxsal.models import LayerInfo, NetSpec
+from jaxsal.core.targets import target_cotangents
+from jaxsal.models import NetSpec
 from jaxsal.models.network import build
-
-
-def target_cotangents(layer: LayerInfo, channels0, batch: int, dtype):
-    """One cotangent per channel at the layer's output: (K, N, H, W, C) or (K, N, F).
-
-    conv: 1/(H*W) on channel c and 0 elsewhere (the gradient of the spatial mean); fc: one-hot.
-    `channels0` is a (K,) int array of 0-based channel indices (traced, so any channel choice
-    reuses the compiled function).
-    """
-    onehot = jax.nn.one_hot(channels0, layer.width, dtype=dtype)  # (K, C)
-    if layer.kind == "fc":
-        return jnp.broadcast_to(onehot[:, None, :], (onehot.shape[0], batch, layer.width))
-    c, h, w = layer.shape
-    onehot = onehot / jnp.asarray(h * w, dtype)
-    return jnp.broadcast_to(onehot[:, None, None, None, :], (onehot.shape[0], batch, h, w, c))
 
 
 def gradient_maps(spec: NetSpec, layer: str, rule: str, precision: str, params, images, channels0):
