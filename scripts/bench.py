@@ -69,7 +69,7 @@ NET = "AlexNet"
 # --layers when not given: a conv-like and an fc target per network (others: the Grad-CAM layer,
 # i.e. the last conv-like block, and the last layer).
 DEFAULT_LAYERS = {"AlexNet": ("fc3", "conv5"), "Vgg16": ("conv13", "fc3"),
-                  "Resnet50": ("layer4_bottleneck2", "fc")}
+                  "Resnet50": ("layer4_bottleneck2", "fc"), "VitB16": ("encoder_layer11", "head")}
 METHODS = ("guided", "vanilla")
 BATCHES = (6, 64, 256)
 CHANNELS = (1, 7)  # 1-based; any two channels cost the same
@@ -115,27 +115,37 @@ def versions() -> dict:
 
 class _MacBackend:
     """Runs a network description (`jaxsal.models.layers`) on shapes and counts the
-    multiply-accumulates of its convolutions (output C*H*W x kernel area x input channels) and
-    linear layers (in x out), blocks included; everything else (batch norm, ReLU, pooling, sums,
-    concatenations) counts as free."""
+    multiply-accumulates of its convolutions (output C*H*W x kernel area x input channels),
+    linear layers (in x out, per token on a transformer's tokens) and self-attention (its
+    projections, 4 T C^2, and the two products of T x T attention weights, 2 T^2 C), blocks
+    included; everything else (batch norm, layer norm, ReLU, GELU, softmax, pooling, sums,
+    concatenations) counts as free. `vjp_macs`: the same for the input gradient, which costs a
+    layer's forward MACs, except that both factors of the attention's products need their
+    gradient (4 T^2 C)."""
 
     def __init__(self):
         from jaxsal.models.layers import ShapeBackend
 
         self._shapes = ShapeBackend()
-        self.macs = 0
+        self.macs = self.vjp_macs = 0
 
     def layer(self, op, x):
-        from jaxsal.models.layers import Block, Conv, Linear
+        from jaxsal.models.layers import Block, Conv, Linear, SelfAttention
 
         if isinstance(op, Block):
             return op.forward(x, self)
         y = op.shape(x)
+        macs = vjp = 0
         if isinstance(op, Conv):
             kh, kw = op.kernel_hw
-            self.macs += math.prod(y) * kh * kw * x[0]
+            macs = vjp = math.prod(y) * kh * kw * x[0]
         elif isinstance(op, Linear):
-            self.macs += x[0] * op.features
+            macs = vjp = math.prod(x[1:]) * x[0] * op.features  # x[1:]: tokens, else ()
+        elif isinstance(op, SelfAttention):
+            c, t = x
+            macs, vjp = 4 * t * c * c + 2 * t * t * c, 4 * t * c * c + 4 * t * t * c
+        self.macs += macs
+        self.vjp_macs += vjp
         return y
 
     def act(self, x):
@@ -148,20 +158,24 @@ class _MacBackend:
         return self._shapes.concat(xs)
 
 
-def layer_macs(spec) -> list[tuple[str, int]]:
+def layer_macs(spec, vjp: bool = False) -> list[tuple[str, int]]:
     """(layer, multiply-accumulates per image) of every named stage that has any, in network
     order, counted from the network's description (`_MacBackend`); an unnamed stage's MACs
-    (none in the registered networks) go to the next named one."""
+    (none in the registered networks) go to the next named one. `vjp`: those of its input
+    gradient instead."""
     from jaxsal.models.layers import run_stages
 
     backend = _MacBackend()
     out, before = [], [0]
 
+    def count():
+        return backend.vjp_macs if vjp else backend.macs
+
     def on_stage(stage, _):
-        if stage.name and backend.macs > before[0]:
-            out.append((stage.name, backend.macs - before[0]))
+        if stage.name and count() > before[0]:
+            out.append((stage.name, count() - before[0]))
         if stage.name:
-            before[0] = backend.macs
+            before[0] = count()
 
     run_stages(spec.stages, spec.input_shape, backend, on_stage)
     return out
@@ -170,7 +184,8 @@ def layer_macs(spec) -> list[tuple[str, int]]:
 def flops_per_map(spec, layer: str, n_channels: int) -> dict:
     """FLOPs (2 x MACs) of one forward to `layer` plus one input-gradient VJP per channel, per
     map. A layer's input gradient costs as many MACs as its forward (the first conv's included:
-    the map is the gradient with respect to the image; no weight gradients are needed).
+    the map is the gradient with respect to the image; no weight gradients are needed), except
+    self-attention's (`_MacBackend`).
 
     `standard` counts every layer up to and including the target, as PyTorch runs it.
     `executed` is what jaxsal's core computes for an affine target (raw conv/fc output): the
@@ -178,12 +193,13 @@ def flops_per_map(spec, layer: str, n_channels: int) -> dict:
     (`jaxsal.core.gradients.gradient_maps`).
     """
     names = list(spec.layer_names)
-    macs = layer_macs(spec)
+    macs, vjp_macs = layer_macs(spec), layer_macs(spec, vjp=True)
     upto = names.index(layer)
     fwd = sum(m for name, m in macs if names.index(name) <= upto)
+    vjp = sum(m for name, m in vjp_macs if names.index(name) <= upto)
     target_layer = sum(m for name, m in macs if name == layer) if spec.layer(layer).affine else 0
-    std = 2 * fwd * (1 + n_channels) / n_channels
-    ex = 2 * (fwd - target_layer) * (1 + n_channels) / n_channels
+    std = 2 * (fwd + n_channels * vjp) / n_channels
+    ex = 2 * (fwd + n_channels * vjp - (1 + n_channels) * target_layer) / n_channels
     return {"forward_gflop_per_image": 2 * fwd / 1e9, "standard_gflop_per_map": std / 1e9,
             "executed_gflop_per_map": ex / 1e9, "per_layer_mmac": {n: m / 1e6 for n, m in macs}}
 
@@ -342,10 +358,19 @@ class Setup:
     def net(self) -> str:
         return self.spec.name
 
-    def torch_net(self, method: str, param_grads: bool = False):
+    def torch_net(self, method: str, param_grads: bool = False, **options):
+        """The PyTorch network; `options` go to its constructor (e.g. sdpa=True)."""
         import torch_baselines
 
-        return torch_baselines.build_net(self.net, self.torch_state, method, param_grads)
+        return torch_baselines.build_net(self.net, self.torch_state, method, param_grads, **options)
+
+    @property
+    def has_attention(self) -> bool:
+        """The description has self-attention: (b) is then also timed with PyTorch's fused
+        `scaled_dot_product_attention` (column torch_sdpa)."""
+        from jaxsal.models.layers import SelfAttention
+
+        return any(isinstance(op, SelfAttention) for op in _primitive_ops(self.spec))
 
 
 def make_setup(n_images: int, seed: int = 0, net: str = NET) -> Setup:
@@ -429,6 +454,11 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
         "matmul": peak_call,
     }
     maps = {"jax": batch * k, "torch": batch * k, "orig": n_orig * k, "orig_no_weight_grads": n_orig * k}
+    if setup.has_attention:
+        net_sdpa = setup.torch_net(method, sdpa=True)
+        fns["torch_sdpa"] = lambda: torch_baselines.done_well(net_sdpa, nchw, layer, channels)
+        errors_sdpa = relative_errors(ours, fns["torch_sdpa"]())  # and its warm-up
+        maps["torch_sdpa"] = batch * k
     if torch_channels_last:
         net_cl = setup.torch_net(method).to(memory_format=torch.channels_last)
         x_cl = nchw.contiguous(memory_format=torch.channels_last)
@@ -445,8 +475,13 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
                                   for i in clean_rounds(times, key, "matmul"))
            for key in maps}
     extra = {}
+    if setup.has_attention:
+        extra = {"ratio_jax_vs_torch_sdpa": paired_speedup(times, "jax", "torch_sdpa"),
+                 "ratio_torch_sdpa_vs_torch": paired_speedup(times, "torch_sdpa", "torch"),
+                 "parity_vs_torch_sdpa": {"median_rel_err": float(np.median(errors_sdpa)),
+                                          "max_rel_err": float(errors_sdpa.max())}}
     if torch_channels_last:
-        extra = {"ratio_jax_vs_torch_channels_last": paired_speedup(times, "jax", "torch_cl"),
+        extra |= {"ratio_jax_vs_torch_channels_last": paired_speedup(times, "jax", "torch_cl"),
                  "ratio_torch_channels_last_vs_torch": paired_speedup(times, "torch_cl", "torch"),
                  "parity_vs_torch_channels_last": {"median_rel_err": float(np.median(errors_cl)),
                                                    "max_rel_err": float(errors_cl.max())}}
@@ -508,6 +543,14 @@ def print_cases(cases: list[dict]) -> None:
               f"{c['ratio_jax_vs_orig_no_weight_grads']:>5.1f} | {c['jax_compile_s']:>9.1f} | "
               f"{c['achieved_gflops']['jax']:>9.0f} {c['matmul_gflops_in_run']:>6.0f} {pct:>6} | "
               f"{c['parity_vs_torch']['median_rel_err']:.1e} | {c['clean_rounds_jax_torch']}/{c['repeats']}")
+    sdpa = [c for c in cases if "torch_sdpa" in c["maps_per_s"]]
+    if sdpa:
+        print("(b) with PyTorch's fused F.scaled_dot_product_attention (b_sdpa), same rounds:")
+        for c in sdpa:
+            print(f"  {c['layer']:{w}} {c['method']:8} {c['batch']:>4} | b_sdpa {c['maps_per_s']['torch_sdpa']:.2f} maps/s "
+                  f"({100 * c['fraction_of_matmul_peak']['torch_sdpa']:.0f}% peak) | b_sdpa/b "
+                  f"{c['ratio_torch_sdpa_vs_torch']:.2f} | c/b_sdpa {c['ratio_jax_vs_torch_sdpa']:.2f} | "
+                  f"parity {c['parity_vs_torch_sdpa']['median_rel_err']:.1e}")
     cl = [c for c in cases if "torch_cl" in c["maps_per_s"]]
     if cl:
         print("(b) in channels_last (network and images in torch.channels_last), same rounds:")
@@ -742,9 +785,7 @@ def ablation_applicable(spec, layer: str) -> dict[str, bool]:
     return {
         "affine": spec.layer(layer).affine,
         "pool": any(isinstance(op, MaxPool) for op in ops),
-        "s2d": any(isinstance(op, Conv) and op.stride > 1 and op.kernel_hw[0] == op.kernel_hw[1]
-                   and op.padding_hw[0] == op.padding_hw[1] and op.kernel_hw[0] >= 2 * op.stride
-                   for op in ops),
+        "s2d": any(isinstance(op, Conv) and op.space_to_depth for op in ops),
     }
 
 
@@ -1104,7 +1145,9 @@ def parse_args(argv=None):
     ap.add_argument("--layers", default=None,
                     help="comma-separated target layers (default: the net's conv-like and fc target, "
                          + "; ".join(f"{k}: {','.join(v)}" for k, v in DEFAULT_LAYERS.items()) + ")")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated methods (default: those of {', '.join(METHODS)} the net "
+                         "has, e.g. vanilla only for a transformer)")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed calls per case (after a warm-up); default 5, --quick 2")
@@ -1123,7 +1166,7 @@ def parse_args(argv=None):
     ap.add_argument("--cli-layer", default=None,
                     help="default: the net's conv-like default layer (AlexNet conv5 and Vgg16 conv13 "
                          "run on the bundled weights)")
-    ap.add_argument("--cli-method", default="guided")
+    ap.add_argument("--cli-method", default=None, help="default: the first of --methods' default")
     ap.add_argument("--cli-weights", default=None, help="-weights for the command (needed for fc layers)")
     ap.add_argument("--cli-batch-size", type=int, default=None)
     ap.add_argument("--cli-repeats", type=int, default=3, help="warm runs after the cold one")
@@ -1152,25 +1195,44 @@ def parse_args(argv=None):
 
     spec = get_net_spec(args.net)
     defaults = default_layers(spec)
-    conv_like = next((l for l in defaults if spec.layer(l).kind == "conv"), defaults[0])
+    conv_like = next((l for l in defaults if spec.layer(l).kind != "fc"), defaults[0])
+    usable = [m for m in METHODS if method_applies(spec, m, defaults)]
+    method = usable[0]  # guided, or vanilla where the net has no ReLU rule (a transformer)
+    if args.methods is None:
+        args.methods = ",".join(usable)
+    if args.cli_method is None:
+        args.cli_method = method
     if args.layers is None:
         args.layers = ",".join(defaults)
     if args.precision_cases is None:
-        args.precision_cases = ",".join(f"{l}:guided:64" for l in defaults)
+        args.precision_cases = ",".join(f"{l}:{method}:64" for l in defaults)
     if args.ablate == DEFAULT_CASES:
-        args.ablate = ",".join(f"{l}:guided:64" for l in defaults)
+        args.ablate = ",".join(f"{l}:{method}:64" for l in defaults)
     if args.cli_layer is None:
         args.cli_layer = conv_like
     if args.quick:
-        args.methods, args.batches, args.orig_images = "guided", "6", 3
+        args.methods, args.batches, args.orig_images = method, "6", 3
         args.repeats = 2 if args.repeats is None else args.repeats
-        args.precision_cases = f"{conv_like}:guided:6"
+        args.precision_cases = f"{conv_like}:{method}:6"
     if args.repeats is None:
         args.repeats = 5
     return args
 
 
 DEFAULT_CASES = "default"
+
+
+def method_applies(spec, method: str, layers) -> bool:
+    """`method` is defined for every target of `layers` (guided and deconv need ReLU networks)."""
+    from jaxsal.errors import UsageError
+    from jaxsal.methods import resolve
+
+    try:
+        for layer in layers:
+            resolve(method, spec, layer)
+    except UsageError:
+        return False
+    return True
 
 
 def default_layers(spec) -> tuple[str, ...]:

@@ -159,13 +159,14 @@ def random_net_state_dict(net_name: str, seed: int = 0) -> "collections.OrderedD
     return _torch_nets().random_state_dict(net_name, seed)
 
 
-def build_net(net_name: str, state_dict, method: str, param_grads: bool = False) -> nn.Module:
+def build_net(net_name: str, state_dict, method: str, param_grads: bool = False, **options) -> nn.Module:
     """`build` for any network: AlexNet here, the others from tests/torch_nets.py (eval mode,
-    weights' requires_grad = `param_grads`)."""
+    weights' requires_grad = `param_grads`; `options` go to its constructor, e.g. a ViT's
+    sdpa=True)."""
     if net_name == "AlexNet":
         return build(state_dict, method, param_grads)
     tn = _torch_nets()
-    net = tn.build(net_name, state_dict, guided=method == "guided")
+    net = tn.build(net_name, state_dict, guided=method == "guided", **options)
     fast = _GuidedReLUFn.apply
     for m in net.modules():
         if isinstance(m, tn.ReLU) and m.guided:
@@ -175,10 +176,10 @@ def build_net(net_name: str, state_dict, method: str, param_grads: bool = False)
     return net
 
 
-def _target(a: torch.Tensor, channel: int) -> torch.Tensor:
-    """Per-image target of a 1-based channel: spatial mean (conv-like) or the unit (fc)."""
-    a = a[:, channel - 1]
-    return a.mean(dim=(1, 2)) if a.ndim == 3 else a
+def _target(net, a: torch.Tensor, channel: int) -> torch.Tensor:
+    """Per-image target of a 1-based channel: spatial mean (conv-like), the unit (fc), or the
+    mean over the patch tokens (a ViT's tokens): tests/torch_nets.channel_target."""
+    return _torch_nets().channel_target(net, a, channel)
 
 
 def original_way(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) -> np.ndarray:
@@ -196,7 +197,7 @@ def original_way(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels) 
                 x = images_nchw[n : n + 1].clone().requires_grad_(True)
                 net(x)
                 net.zero_grad()
-                _target(caught.pop("a"), c).sum().backward()
+                _target(net, caught.pop("a"), c).sum().backward()
                 out[k, n] = x.grad[0].numpy()
         return out
     finally:
@@ -215,7 +216,7 @@ def _original_way_staged(net, images_nchw, layer, channels) -> np.ndarray:
                 if name == layer:
                     caught = a
             net.zero_grad()
-            _target(caught, c).sum().backward()
+            _target(net, caught, c).sum().backward()
             out[k, n] = x.grad[0].numpy()
     return out
 
@@ -227,7 +228,7 @@ def done_well(net: AlexNet, images_nchw: torch.Tensor, layer: str, channels, as_
     a = net.forward_to(x, layer)
     maps = []
     for k, c in enumerate(channels):
-        (g,) = torch.autograd.grad(_target(a, c).sum(), x, retain_graph=k < len(channels) - 1)
+        (g,) = torch.autograd.grad(_target(net, a, c).sum(), x, retain_graph=k < len(channels) - 1)
         maps.append(g)
     out = torch.stack(maps)
     return out.cpu().numpy() if as_numpy else out
