@@ -418,9 +418,10 @@ def jax_caller(fn, params, images, channels0):
 
 def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, orig_images: int,
                precision: str = "highest", torch_channels_last: bool = False) -> dict:
-    """One row: (a), a0, (b), (c) and the matmul probe round-robin; with `torch_channels_last`
-    also (b) with the network and images in torch.channels_last ("torch_cl"), which oneDNN's
-    convolutions may run faster than NCHW."""
+    """One row: (a), a0, (b), (c) and the matmul probe round-robin; for a network with
+    self-attention also (b) with PyTorch's fused attention ("torch_sdpa"); with
+    `torch_channels_last` also (b) with the network and images in torch.channels_last
+    ("torch_cl"), which oneDNN's convolutions may run faster than NCHW (`B_VARIANTS`)."""
     import torch
 
     import torch_baselines
@@ -454,17 +455,17 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
         "matmul": peak_call,
     }
     maps = {"jax": batch * k, "torch": batch * k, "orig": n_orig * k, "orig_no_weight_grads": n_orig * k}
+    variants = {}  # (b) run another way: fns key -> (network, images)
     if setup.has_attention:
-        net_sdpa = setup.torch_net(method, sdpa=True)
-        fns["torch_sdpa"] = lambda: torch_baselines.done_well(net_sdpa, nchw, layer, channels)
-        errors_sdpa = relative_errors(ours, fns["torch_sdpa"]())  # and its warm-up
-        maps["torch_sdpa"] = batch * k
+        variants["torch_sdpa"] = setup.torch_net(method, sdpa=True), nchw
     if torch_channels_last:
-        net_cl = setup.torch_net(method).to(memory_format=torch.channels_last)
-        x_cl = nchw.contiguous(memory_format=torch.channels_last)
-        fns["torch_cl"] = lambda: torch_baselines.done_well(net_cl, x_cl, layer, channels)
-        errors_cl = relative_errors(ours, fns["torch_cl"]())  # and its warm-up
-        maps["torch_cl"] = batch * k
+        variants["torch_cl"] = (setup.torch_net(method).to(memory_format=torch.channels_last),
+                                nchw.contiguous(memory_format=torch.channels_last))
+    variant_errors = {}
+    for key, (variant_net, x) in variants.items():
+        fns[key] = functools.partial(torch_baselines.done_well, variant_net, x, layer, channels)
+        variant_errors[key] = relative_errors(ours, fns[key]())  # and its warm-up
+        maps[key] = batch * k
     times = round_robin(fns, repeats)
     steady = {key: clean_median(times, key) for key in times}
     rate = {key: maps[key] / steady[key] for key in maps}
@@ -475,16 +476,12 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
                                   for i in clean_rounds(times, key, "matmul"))
            for key in maps}
     extra = {}
-    if setup.has_attention:
-        extra = {"ratio_jax_vs_torch_sdpa": paired_speedup(times, "jax", "torch_sdpa"),
-                 "ratio_torch_sdpa_vs_torch": paired_speedup(times, "torch_sdpa", "torch"),
-                 "parity_vs_torch_sdpa": {"median_rel_err": float(np.median(errors_sdpa)),
-                                          "max_rel_err": float(errors_sdpa.max())}}
-    if torch_channels_last:
-        extra |= {"ratio_jax_vs_torch_channels_last": paired_speedup(times, "jax", "torch_cl"),
-                 "ratio_torch_channels_last_vs_torch": paired_speedup(times, "torch_cl", "torch"),
-                 "parity_vs_torch_channels_last": {"median_rel_err": float(np.median(errors_cl)),
-                                                   "max_rel_err": float(errors_cl.max())}}
+    for key, errors_b in variant_errors.items():
+        name = B_VARIANTS[key][0]
+        extra |= {f"ratio_jax_vs_{name}": paired_speedup(times, "jax", key),
+                  f"ratio_{name}_vs_torch": paired_speedup(times, key, "torch"),
+                  f"parity_vs_{name}": {"median_rel_err": float(np.median(errors_b)),
+                                        "max_rel_err": float(errors_b.max())}}
     return extra | {
         "net": setup.net, "layer": layer, "method": method, "batch": batch, "channels": k,
         "precision": precision,
@@ -509,6 +506,14 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
         "max_foreign": MAX_FOREIGN,
         "fraction_of_matmul_peak": pct,
     }
+
+
+# (b) run another way, timed in the same rounds: fns key -> (JSON name, column, what it is).
+B_VARIANTS = {
+    "torch_sdpa": ("torch_sdpa", "b_sdpa", "with PyTorch's fused F.scaled_dot_product_attention"),
+    "torch_cl": ("torch_channels_last", "b_cl",
+                 "in channels_last (network and images in torch.channels_last)"),
+}
 
 
 def _print_head(title: str, head: str) -> None:
@@ -543,22 +548,15 @@ def print_cases(cases: list[dict]) -> None:
               f"{c['ratio_jax_vs_orig_no_weight_grads']:>5.1f} | {c['jax_compile_s']:>9.1f} | "
               f"{c['achieved_gflops']['jax']:>9.0f} {c['matmul_gflops_in_run']:>6.0f} {pct:>6} | "
               f"{c['parity_vs_torch']['median_rel_err']:.1e} | {c['clean_rounds_jax_torch']}/{c['repeats']}")
-    sdpa = [c for c in cases if "torch_sdpa" in c["maps_per_s"]]
-    if sdpa:
-        print("(b) with PyTorch's fused F.scaled_dot_product_attention (b_sdpa), same rounds:")
-        for c in sdpa:
-            print(f"  {c['layer']:{w}} {c['method']:8} {c['batch']:>4} | b_sdpa {c['maps_per_s']['torch_sdpa']:.2f} maps/s "
-                  f"({100 * c['fraction_of_matmul_peak']['torch_sdpa']:.0f}% peak) | b_sdpa/b "
-                  f"{c['ratio_torch_sdpa_vs_torch']:.2f} | c/b_sdpa {c['ratio_jax_vs_torch_sdpa']:.2f} | "
-                  f"parity {c['parity_vs_torch_sdpa']['median_rel_err']:.1e}")
-    cl = [c for c in cases if "torch_cl" in c["maps_per_s"]]
-    if cl:
-        print("(b) in channels_last (network and images in torch.channels_last), same rounds:")
-        for c in cl:
-            print(f"  {c['layer']:{w}} {c['method']:8} {c['batch']:>4} | b_cl {c['maps_per_s']['torch_cl']:.2f} maps/s "
-                  f"({100 * c['fraction_of_matmul_peak']['torch_cl']:.0f}% peak) | b_cl/b "
-                  f"{c['ratio_torch_channels_last_vs_torch']:.2f} | c/b_cl {c['ratio_jax_vs_torch_channels_last']:.2f} | "
-                  f"parity {c['parity_vs_torch_channels_last']['median_rel_err']:.1e}")
+    for key, (name, col, what) in B_VARIANTS.items():
+        rows = [c for c in cases if key in c["maps_per_s"]]
+        if rows:
+            print(f"(b) {what} ({col}), same rounds:")
+        for c in rows:
+            print(f"  {c['layer']:{w}} {c['method']:8} {c['batch']:>4} | {col} {c['maps_per_s'][key]:.2f} maps/s "
+                  f"({100 * c['fraction_of_matmul_peak'][key]:.0f}% peak) | {col}/b "
+                  f"{c[f'ratio_{name}_vs_torch']:.2f} | c/{col} {c[f'ratio_jax_vs_{name}']:.2f} | "
+                  f"parity {c[f'parity_vs_{name}']['median_rel_err']:.1e}")
     if any(c["orig_extrapolated"] for c in cases):
         n = min(c["orig_measured_images"] for c in cases if c["orig_extrapolated"])
         print(f"* (a) and a0 timed on the first {n} images of the batch and extrapolated: the "
