@@ -181,6 +181,22 @@ def test_published_file_and_its_legacy_key_names():
     assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_a_legacy_checkpoint_file_converts(tmp_path):
+    """A file saved by torch.save with the published file's old MLP names, read without torch."""
+    import hashlib
+
+    from jaxsal.weights.conversion import load_torch_weights
+
+    legacy = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): torch.from_numpy(v)
+              for k, v in tiny_state_dict().items()}
+    tmp = tmp_path / "partial.pth"
+    torch.save(legacy, tmp)
+    path = tmp.rename(tmp_path / f"tinyvit-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth")
+    params = load_torch_weights(TINY, path).params
+    expected = from_torchvision(TINY, tiny_state_dict())
+    assert params.keys() == expected.keys() and all(np.array_equal(params[k], expected[k]) for k in params)
+
+
 def test_a_checkpoint_of_another_network_is_named():
     def keys_of(net):  # right keys, no values needed: the keys identify the network
         return {k: np.zeros((1,), np.float32) for k in torch_nets.state_dict_shapes(net)}
@@ -246,10 +262,11 @@ def tiny_reference(layer, channels, x):
 
 
 @pytest.mark.parametrize("layer,channels", [
-    ("encoder_layer1", (3, 16)), pytest.param("head", (1, 10), marks=pytest.mark.slow)])
+    ("encoder_layer1", (3, 16)), pytest.param("head", (1, 10), marks=pytest.mark.slow),
+    pytest.param("conv_proj", (2, 16), marks=pytest.mark.slow)])
 def test_tiny_vit_maps_match_pytorch_in_float64(layer, channels):
-    """Every map <= 1e-9 of PyTorch float64: a token target (the mean over the patch tokens)
-    and a unit of the head (through the class token)."""
+    """Every map <= 1e-9 of PyTorch float64: a token target (the mean over the patch tokens),
+    a unit of the head (through the class token) and the patch convolution."""
     x = noise_images(3, 32)
     ours = maps64(TINY, layer, "vanilla", tiny_params(), x, channels)
     assert np.max(relative_l2(ours, tiny_reference(layer, channels, x))) < 1e-9
@@ -286,7 +303,8 @@ def test_smoothgrad_is_the_mean_of_pytorch_gradients_over_its_noise():
     x = noise_images(2, 32)
     ours = maps64(TINY, "head", Method("vanilla", smooth=2, noise=0.2, seed=3), tiny_params(), x, [4])
     with jax.enable_x64(True):
-        noisy = np.asarray(jnp.asarray(x)[None] + smoothgrad_noise(jnp.asarray(x), 0.2, 3, jnp.arange(2)))
+        noise = jax.jit(smoothgrad_noise, static_argnums=(1, 2))(jnp.asarray(x), 0.2, 3, jnp.arange(2))
+        noisy = x[None] + np.asarray(noise)
     ref = np.mean([tiny_reference("head", [4], xs) for xs in noisy], axis=0)
     assert np.max(relative_l2(ours, ref)) < 1e-9
 
