@@ -665,15 +665,14 @@ class VisionTransformer(_Staged):
     """torchvision.models.VisionTransformer (no representation layer): conv_proj (patch x patch,
     stride patch), class_token, encoder (pos_embedding, layers, ln), heads.head on the class
     token. A token output (N, T, C) is yielded channel-first, (N, C, T), like the layer table;
-    its first CLASS_TOKENS tokens are not patches. No ReLU: `guided` is refused."""
+    its first CLASS_TOKENS tokens are not patches. No ReLU, so `guided` changes nothing (jaxsal
+    refuses guided backpropagation for it: docs/methods.md)."""
 
     INPUT_SIZE, PATCH, DEPTH, HIDDEN, HEADS, MLP_DIM, CLASSES = 224, 16, 12, 768, 12, 3072, 1000
     CLASS_TOKENS = 1
 
     def __init__(self, guided: bool = False, sdpa: bool = False):
         super().__init__()
-        if guided:
-            raise ValueError("a ViT has no ReLU: guided backpropagation is undefined")
         grid = self.INPUT_SIZE // self.PATCH
         self.conv_proj = nn.Conv2d(3, self.HIDDEN, kernel_size=self.PATCH, stride=self.PATCH)
         self.class_token = nn.Parameter(torch.empty(1, 1, self.HIDDEN))
