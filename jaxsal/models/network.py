@@ -21,7 +21,7 @@ from jaxsal.errors import UsageError
 from jaxsal.models.layers import (GELU, AvgPool, BatchNorm, Block, ChannelAffine,
                                   ClassTokenPool, Conv, Flatten, GlobalAvgPool, LayerNorm, Linear,
                                   MaxPool, ReLU, SelfAttention, TokenEmbedding, run_stages)
-from jaxsal.models.primitives import conv_space_to_depth, max_pool
+from jaxsal.models.primitives import conv_space_to_depth, gelu, max_pool
 from jaxsal.models.spec import NetSpec
 
 HIGHEST = lax.Precision.HIGHEST
@@ -229,7 +229,7 @@ def _self_attention(op, x, b):
 
 @flax_layer(GELU)
 def _gelu(op, x, b):
-    return jax.nn.gelu(x, approximate=False)
+    return gelu(x)
 
 
 @flax_layer(ClassTokenPool)
