@@ -3,15 +3,16 @@
 Per batch of stimuli (every batch the same size, the last one padded, so each function below
 compiles once per run) and per method:
 
-1. the maps of the trained network (`jaxsal.core.compiled_saliency`), reduced to |map| and the
-   signed map (`similarity.reduce_maps`);
-2. randomisation tests: for each randomised parameter set (`randomise.parameter_sets`), one
-   jitted call computes the maps under those parameters and their similarities to the trained
-   maps -- the parameters are an argument, so the stages of both tests share one compilation
-   and the maps never leave the device;
-3. deletion and insertion: the pixel order of each map (`similarity.descending_positions`) and
-   the unit's value for every step's masked input (`curves.masked_targets`), in calls of a
-   fixed number of steps; the random order once per stimulus, for all channels.
+1. the maps of the trained network (`jaxsal.core.compiled_saliency`, inlined in one jitted
+   function that also reduces them to |map| and the signed map, `similarity.reduce_maps`);
+2. randomisation tests: the same jitted function under each randomised parameter set
+   (`randomise.parameter_sets`) -- the parameters are an argument, so every stage of both tests
+   shares one compilation -- and the similarities to the trained maps, computed on the device:
+   only (K, B, 4) numbers come back per stage;
+3. deletion and insertion: the pixel order of each trained map
+   (`similarity.descending_positions`) and the unit's value for every step's masked input
+   (`curves.masked_targets`), a fixed number of steps per call; the random order once per
+   stimulus, for all channels.
 
 `run` returns a `Results` of numpy arrays; `jaxsal.sanity.frame` makes the table of them.
 """
@@ -101,6 +102,22 @@ def curve_values(spec: NetSpec, layer: str, precision: str, params, images, base
     return np.concatenate([np.asarray(p) for p in parts])[:n]
 
 
+class _Ticker:
+    """Progress in stimuli done, each batch's stimuli counted out over its units of work (the
+    trained maps, each parameter set, each curve): one batch can take minutes."""
+
+    def __init__(self, progress, units: int):
+        self.progress, self.units = progress, units
+        self.start = self.real = self.done = 0
+
+    def batch(self, start: int, real: int) -> None:
+        self.start, self.real, self.done = start, real, 0
+
+    def tick(self) -> None:
+        self.done += 1
+        self.progress.update(self.start + self.real * self.done // self.units)
+
+
 def _decode(plan: CheckPlan, indices) -> np.ndarray:
     spec, paths = plan.run.spec, plan.run.stimuli.paths
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
@@ -134,7 +151,9 @@ def run(plan: CheckPlan, net: Net, reporter: Reporter | None = None,
 
     size = pick_batch_size(n, p.batch_size, net, layer, k_channels)
     sharding = NamedSharding(device_mesh(), PartitionSpec("batch"))
-    progress = reporter.progress(n)
+    units = (len(plan.methods) * (1 + len(plan.stages) * len(plan.mprt_modes)
+                                  + len(plan.curve_tests)) + len(plan.curve_tests))
+    ticker = _Ticker(reporter.progress(n), units)
     picture = None
     for start in range(0, n, size):
         indices = list(range(start, min(n, start + size)))
@@ -145,11 +164,13 @@ def run(plan: CheckPlan, net: Net, reporter: Reporter | None = None,
         x = np.concatenate([x, np.zeros((size - real,) + x.shape[1:], x.dtype)])
         x = jax.device_put(x, sharding)
         cols = slice(start, start + real)
+        ticker.batch(start, real)
         baselines = _baselines(x, plan.fill) if plan.curve_tests else None
         for method in plan.methods:
             maps_fn = _maps_fn(spec, layer, method, precision)
             abs_maps, signed = maps_fn(params, x, channels0)
             first = [np.asarray(abs_maps)[0, 0]] if start == 0 else None
+            ticker.tick()
             for mode in plan.mprt_modes:
                 for i, (_, stage_params) in enumerate(sets[mode]):
                     abs_rand, signed_rand = maps_fn(stage_params, x, channels0)
@@ -157,6 +178,7 @@ def run(plan: CheckPlan, net: Net, reporter: Reporter | None = None,
                     similarity[(mode, method.name)][i, :, cols] = np.asarray(sims)[:, :real]
                     if first is not None and mode == randomise.CASCADING:
                         first.append(np.asarray(abs_rand)[0, 0])
+                    ticker.tick()
             if first is not None and randomise.CASCADING in plan.mprt_modes:
                 grid[method.name] = np.stack(first)
             positions = _positions(abs_maps) if plan.curve_tests else None
@@ -165,6 +187,7 @@ def run(plan: CheckPlan, net: Net, reporter: Reporter | None = None,
                                       counts, test == "insertion", channels0)  # (T, K, B, K)
                 diagonal = np.diagonal(values, axis1=1, axis2=3)  # (T, B, K): order k, unit k
                 curve_rows[(test, method.name)][:, :, cols] = diagonal[:, :real].transpose(0, 2, 1)
+                ticker.tick()
         if plan.curve_tests:
             stimulus = indices + [n] * (size - real)  # padding: any seed
             positions = jax.device_put(  # (1, B, P): one order per stimulus, for every channel
@@ -173,6 +196,6 @@ def run(plan: CheckPlan, net: Net, reporter: Reporter | None = None,
                 values = curve_values(spec, layer, precision, params, x, baselines, positions,
                                       counts, test == "insertion", channels0)  # (T, 1, B, K)
                 curve_rows[(test, RANDOM)][:, :, cols] = values[:, 0, :real].transpose(0, 2, 1)
-        progress.update(start + real)
+                ticker.tick()
     return Results(stages=plan.stages, similarity=similarity, curves=curve_rows,
                    fractions=np.arange(steps + 1) / steps, grid=grid, picture=picture)
