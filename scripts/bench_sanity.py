@@ -105,7 +105,7 @@ def run_quantus(stim: pathlib.Path, channels, methods, steps: int, seed: int) ->
     pixel_flipping.asserts.assert_features_in_step = lambda **kwargs: None  # see the docstring
     size = spec.input_size
     n_pixels = size * size
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     stimuli = read_stim_csv(stim)
     x = np.stack([preprocess(load_image(p), spec.preprocessing) for p in stimuli.paths])
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -134,16 +134,17 @@ def run_quantus(stim: pathlib.Path, channels, methods, steps: int, seed: int) ->
             model=model, x_batch=x, y_batch=np.full(n, channel - 1), a_batch=a_random.astype(float),
             channel_first=True, softmax=False, device="cpu", batch_size=n)
         out["deletion"][("random", channel)] = np.asarray(curve)
-    out["seconds"] = time.perf_counter() - t0
+    out["seconds"], out["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
     return out
 
 
-def run_jaxsal(stim: pathlib.Path, channels, methods, steps: int, seed: int) -> tuple[float, object]:
-    t0 = time.perf_counter()
+def run_jaxsal(stim: pathlib.Path, channels, methods, steps: int, seed: int):
+    """(wall seconds, process CPU seconds, the table) of one `jaxsal.check` from the .stim.csv."""
+    t0, c0 = time.perf_counter(), time.process_time()
     frame = jaxsal.check("AlexNet", LAYER, channels, stim, methods,
                          tests="mprt_cascading,deletion", steps=steps, fill="mean",
                          rand_seed=seed)
-    return time.perf_counter() - t0, frame
+    return time.perf_counter() - t0, time.process_time() - c0, frame
 
 
 def compare(frame, quantus_out, channels, methods) -> dict:
@@ -189,25 +190,32 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         stim = make_stimuli(pathlib.Path(tmp), args.stimuli, size=None)
-        cold, frame = run_jaxsal(stim, channels, methods, args.steps, args.seed)
-        warm, frame = run_jaxsal(stim, channels, methods, args.steps, args.seed)
+        cold, cold_cpu, frame = run_jaxsal(stim, channels, methods, args.steps, args.seed)
+        warm, warm_cpu, frame = run_jaxsal(stim, channels, methods, args.steps, args.seed)
         result = {"stimuli": args.stimuli, "channels": channels, "methods": methods,
                   "steps": args.steps, "jaxsal_cold_s": cold, "jaxsal_warm_s": warm,
+                  "jaxsal_cold_cpu_s": cold_cpu, "jaxsal_warm_cpu_s": warm_cpu,
+                  "load_average": os.getloadavg(),
                   "machine": platform.processor() or platform.machine(),
                   "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
         if not args.skip_quantus:
             theirs = run_quantus(stim, channels, methods, args.steps, args.seed)
             result["quantus_s"] = theirs["seconds"]
+            result["quantus_cpu_s"] = theirs["cpu_seconds"]
             result.update(compare(frame, theirs, channels, methods))
     print(f"sanity checks, AlexNet {LAYER}: {args.stimuli} stimuli x {len(channels)} channels x "
           f"{len(methods)} methods; cascading MPRT conv5..conv1 + deletion ({args.steps} steps, "
           f"mean baseline) + random order")
-    print(f"  jaxsal  cold {cold:8.1f} s   warm {warm:8.1f} s   "
-          f"({warm / args.stimuli:.3f} s per stimulus)")
+    print(f"  (wall s, and CPU s of the process: steadier on a shared machine; load average "
+          f"{os.getloadavg()[0]:.1f})")
+    print(f"  jaxsal  cold {cold:8.1f} s  {cold_cpu:8.1f} CPU-s   warm {warm:8.1f} s  "
+          f"{warm_cpu:8.1f} CPU-s   ({warm / args.stimuli:.3f} s per stimulus warm)")
     if "quantus_s" in result:
-        q = result["quantus_s"]
-        print(f"  Quantus      {q:8.1f} s   ({q / args.stimuli:.3f} s per stimulus)   "
-              f"jaxsal is {q / cold:.1f}x faster cold, {q / warm:.1f}x warm")
+        q, qc = result["quantus_s"], result["quantus_cpu_s"]
+        print(f"  Quantus      {q:8.1f} s  {qc:8.1f} CPU-s   ({q / args.stimuli:.3f} s per "
+              f"stimulus)")
+        print(f"  Quantus / jaxsal: wall {q / cold:.1f}x cold, {q / warm:.1f}x warm; "
+              f"CPU {qc / cold_cpu:.1f}x cold, {qc / warm_cpu:.1f}x warm")
         print(f"  deletion curves: max |jaxsal - Quantus| / range = "
               f"{result['deletion_max_rel_diff']:.1e}")
         for method, sides in result["mprt_median_spearman_abs"].items():

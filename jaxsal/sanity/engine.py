@@ -4,15 +4,14 @@ Per batch of stimuli (every batch the same size, the last one padded, so each fu
 compiles once per run) and per method:
 
 1. the maps of the trained network (`jaxsal.core.compiled_saliency`, inlined in one jitted
-   function that also reduces them to |map| and the signed map, `similarity.reduce_maps`);
+   function that also reduces and ranks them: `similarity.map_stats`);
 2. randomisation tests: the same jitted function under each randomised parameter set
    (`randomise.parameter_sets`) -- the parameters are an argument, so every stage of both tests
    shares one compilation -- and the similarities to the trained maps, computed on the device:
    only (K, B, 4) numbers come back per stage;
-3. deletion and insertion: the pixel order of each trained map
-   (`similarity.descending_positions`) and the unit's value for every step's masked input
-   (`curves.masked_targets`), a fixed number of steps per call; the random order once per
-   stimulus, for all channels.
+3. deletion and insertion: the trained maps' pixel order (from their `MapStats`) and the unit's
+   value for every step's masked input (`curves.masked_targets`), a fixed number of steps per
+   call; the random order once per stimulus, for all channels.
 
 `run` returns a `Results` of numpy arrays; `jaxsal.sanity.frame` makes the table of them.
 """
@@ -35,8 +34,8 @@ from jaxsal.net import Net
 from jaxsal.reporting import Reporter
 from jaxsal.sanity import curves, randomise
 from jaxsal.sanity.plan import CheckPlan
-from jaxsal.sanity.similarity import (SIMILARITIES, descending_positions, reduce_maps,
-                                      similarities, topk_count)
+from jaxsal.sanity.similarity import (SIMILARITIES, map_stats, reduce_maps, similarities,
+                                      topk_count)
 from jaxsal.stimuli import load_image, preprocess
 
 RANDOM = "random"  # the method name of the random pixel order's rows
@@ -65,20 +64,19 @@ class Results:
 
 
 @functools.lru_cache(maxsize=32)
-def _maps_fn(spec: NetSpec, layer: str, method: Method, precision: str):
-    """Jitted (params, images, channels0) -> (|map|, signed map) (K, B, S, S): the method's maps
-    (`compiled_saliency`, inlined) under any parameters, reduced on the device."""
+def _stats_fn(spec: NetSpec, layer: str, method: Method, precision: str):
+    """Jitted (params, images, channels0) -> `MapStats` (K, B, ...) of the method's maps under
+    any parameters (`compiled_saliency`, inlined), reduced and ranked on the device."""
     saliency = compiled_saliency(spec, layer, method, precision)
 
     def fn(params, images, channels0):
-        return reduce_maps(saliency(params, images, channels0).astype(jnp.float32),
-                           method.info.maps_2d)
+        maps = saliency(params, images, channels0).astype(jnp.float32)
+        return map_stats(*reduce_maps(maps, method.info.maps_2d))
 
     return jax.jit(fn)
 
 
-_similarities = jax.jit(similarities, static_argnums=4)
-_positions = jax.jit(descending_positions)
+_similarities = jax.jit(similarities, static_argnums=2)
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,21 +165,21 @@ def run(plan: CheckPlan, net: Net, reporter: Reporter | None = None,
         ticker.batch(start, real)
         baselines = _baselines(x, plan.fill) if plan.curve_tests else None
         for method in plan.methods:
-            maps_fn = _maps_fn(spec, layer, method, precision)
-            abs_maps, signed = maps_fn(params, x, channels0)
-            first = [np.asarray(abs_maps)[0, 0]] if start == 0 else None
+            stats_fn = _stats_fn(spec, layer, method, precision)
+            trained = stats_fn(params, x, channels0)
+            first = [np.asarray(trained.magnitude)[0, 0]] if start == 0 else None
             ticker.tick()
             for mode in plan.mprt_modes:
                 for i, (_, stage_params) in enumerate(sets[mode]):
-                    abs_rand, signed_rand = maps_fn(stage_params, x, channels0)
-                    sims = _similarities(abs_maps, signed, abs_rand, signed_rand, k)
+                    randomised = stats_fn(stage_params, x, channels0)
+                    sims = _similarities(trained, randomised, k)
                     similarity[(mode, method.name)][i, :, cols] = np.asarray(sims)[:, :real]
                     if first is not None and mode == randomise.CASCADING:
-                        first.append(np.asarray(abs_rand)[0, 0])
+                        first.append(np.asarray(randomised.magnitude)[0, 0])
                     ticker.tick()
             if first is not None and randomise.CASCADING in plan.mprt_modes:
                 grid[method.name] = np.stack(first)
-            positions = _positions(abs_maps) if plan.curve_tests else None
+            positions = trained.positions
             for test in plan.curve_tests:
                 values = curve_values(spec, layer, precision, params, x, baselines, positions,
                                       counts, test == "insertion", channels0)  # (T, K, B, K)

@@ -25,6 +25,7 @@ structure to compare. All functions are pure and batch over leading axes.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,17 +43,34 @@ def reduce_maps(maps, maps_2d: bool):
     return jnp.sum(jnp.abs(maps), axis=-3), jnp.sum(maps, axis=-3)
 
 
-def _average_ranks_1d(v):
-    s = jnp.sort(v)
-    below = jnp.searchsorted(s, v, side="left", method="scan")  # values < v
-    upto = jnp.searchsorted(s, v, side="right", method="scan")  # values <= v
-    return (below + upto + 1).astype(jnp.float32) / 2
+def _ranks_1d(v):
+    """One stable ascending sort -> (average ranks, descending positions), both float32."""
+    n = v.shape[0]
+    order = jnp.argsort(v, stable=True)
+    s = v[order]
+    j = jnp.arange(n)
+    differs = s[1:] != s[:-1]
+    first = lax.cummax(jnp.where(jnp.concatenate([jnp.ones((1,), bool), differs]), j, 0))
+    last = lax.cummin(jnp.where(jnp.concatenate([differs, jnp.ones((1,), bool)]), j, n - 1),
+                      reverse=True)  # each value's run of ties is first..last in sorted order
+    average = (first + last).astype(jnp.float32) / 2 + 1
+    descending = (n - 1 - last) + (j - first)  # runs reversed, ties kept in pixel order
+    both = jnp.stack([average, descending.astype(jnp.float32)])
+    return jnp.zeros((2, n), jnp.float32).at[:, order].set(both)
+
+
+def ranks(v):
+    """Along the last axis: (1-based ranks, tied values sharing their average rank; each
+    value's place when sorted by decreasing value, 0 first, equal values in index order).
+    Both from one sort: XLA's CPU sort is the costly step of the similarities."""
+    flat = v.reshape((-1, v.shape[-1]))
+    both = jax.vmap(_ranks_1d)(flat)
+    return both[:, 0].reshape(v.shape), both[:, 1].astype(jnp.int32).reshape(v.shape)
 
 
 def average_ranks(v):
     """1-based ranks along the last axis; tied values share their average rank."""
-    flat = v.reshape((-1, v.shape[-1]))
-    return jax.vmap(_average_ranks_1d)(flat).reshape(v.shape)
+    return ranks(v)[0]
 
 
 def pearson(x, y):
@@ -64,8 +82,7 @@ def pearson(x, y):
 
 def spearman(a, b):
     """Spearman rank correlation of a and b (..., S, S) over their pixels."""
-    flat = lambda m: m.reshape(m.shape[:-2] + (-1,))  # noqa: E731
-    return pearson(average_ranks(flat(a)), average_ranks(flat(b)))
+    return pearson(average_ranks(_flat(a)), average_ranks(_flat(b)))
 
 
 def _window_mean(x):
@@ -98,12 +115,14 @@ def ssim(a, b):
     return jnp.mean(s, axis=(-2, -1))
 
 
+def _flat(m):
+    return m.reshape(m.shape[:-2] + (-1,))
+
+
 def descending_positions(a):
     """(..., S, S) -> (..., S*S) int32: each pixel's place (0 = most salient) when the pixels
     are sorted by decreasing value, equal values in pixel order."""
-    flat = a.reshape(a.shape[:-2] + (-1,))
-    order = jnp.argsort(flat, axis=-1, stable=True, descending=True)
-    return jnp.argsort(order, axis=-1).astype(jnp.int32)  # the inverse permutation
+    return ranks(_flat(a))[1]
 
 
 def topk_count(n_pixels: int, topk: float) -> int:
@@ -113,12 +132,32 @@ def topk_count(n_pixels: int, topk: float) -> int:
 
 def topk_overlap(a, b, k: int):
     """|top k pixels of a  and  top k pixels of b| / k, for a and b (..., S, S)."""
-    top_a = descending_positions(a) < k
-    top_b = descending_positions(b) < k
-    return jnp.sum(top_a & top_b, axis=-1).astype(jnp.float32) / k
+    return _overlap(descending_positions(a), descending_positions(b), k)
 
 
-def similarities(abs_a, signed_a, abs_b, signed_b, k: int):
-    """(..., 4): `SIMILARITIES` of maps a and b given as their (|map|, signed map) pairs."""
-    return jnp.stack([spearman(abs_a, abs_b), spearman(signed_a, signed_b), ssim(abs_a, abs_b),
-                      topk_overlap(abs_a, abs_b, k)], axis=-1)
+def _overlap(positions_a, positions_b, k: int):
+    return jnp.sum((positions_a < k) & (positions_b < k), axis=-1).astype(jnp.float32) / k
+
+
+class MapStats(NamedTuple):
+    """What the similarities need of one map, computed once per map (a trained map is compared
+    with every randomised one): |map| (..., S, S); the average ranks of |map| and of the signed
+    map and the places of |map|'s pixels in decreasing order (..., S*S)."""
+
+    magnitude: jax.Array
+    magnitude_ranks: jax.Array
+    positions: jax.Array
+    signed_ranks: jax.Array
+
+
+def map_stats(magnitude, signed) -> MapStats:
+    """`MapStats` of maps given as (|map|, signed map) (..., S, S): two sorts per map."""
+    magnitude_ranks, positions = ranks(_flat(magnitude))
+    return MapStats(magnitude, magnitude_ranks, positions, average_ranks(_flat(signed)))
+
+
+def similarities(a: MapStats, b: MapStats, k: int):
+    """(..., 4): `SIMILARITIES` of maps a and b."""
+    return jnp.stack([pearson(a.magnitude_ranks, b.magnitude_ranks),
+                      pearson(a.signed_ranks, b.signed_ranks), ssim(a.magnitude, b.magnitude),
+                      _overlap(a.positions, b.positions, k)], axis=-1)
