@@ -355,3 +355,22 @@ def test_validation_memory_stays_near_one_image(tmp_path):
     assert one > 20, one  # one decoded image (27 MB), as measured
     assert rss < 2.2 * one, (rss, one)
     print("peak MB: one image", one, "validation of four", rss)
+
+
+@pytest.mark.slow
+def test_nan_in_a_full_alexnet_pth_is_refused_by_the_command(torchvision_alexnet_checkpoint,
+                                                              tmp_path, dnn_saliency):
+    """The issue's case: NaN in AlexNet's conv1 in a 233 MB .pth (before: exit 0, black maps)."""
+    torch = pytest.importorskip("torch")
+    _, state = torchvision_alexnet_checkpoint
+    state = {k: torch.from_numpy(v.copy()) for k, v in state.items()}
+    state["features.0.weight"][10, 2, 3, 4] = float("nan")
+    path = tmp_path / "alexnet-nan.pth"
+    torch.save(state, path)
+    del state
+    done = dnn_saliency(["-net", "AlexNet", "-layer", "fc3", "-chn", "1", "-stim", STIM,
+                         "-weights", path, "-out", tmp_path / "out"], tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"{path}: tensor conv1.kernel (torch features.0.weight) holds NaN at index "
+            f"(3, 4, 2, 10)") in done.stderr  # HWIO: (kh, kw, in, out)
+    assert not (tmp_path / "out").exists()
