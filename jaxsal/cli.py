@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fv = parse_flags(argv)
         request = request_from_flags(fv)
         _MULTI_PROCESS = request.cluster.is_multi
+        from jaxsal.stimuli import use_own_pixel_limit  # Pillow: only once the flags are sound
+
+        use_own_pixel_limit()
         report = run_pipeline(request, compilation_cache=True, started=start,
                               reporter=Reporter(PROG))
     except _Help as h:

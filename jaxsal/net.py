@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxsal import arguments
 from jaxsal.models import LayerInfo, NetSpec, get_net_spec
 from jaxsal.weights import Weights, check_layer_weights, load_weights
 
@@ -51,7 +52,8 @@ def load_net(name: str = "AlexNet", weights=None) -> Net:
     (`jaxsal.weights.load_weights`: $JAXSAL_WEIGHTS, the jaxsal cache, the torch hub cache,
     $DNNBRAIN_DATA, then the bundled file).
     """
-    spec = get_net_spec(name)
+    spec = get_net_spec(arguments.name("name", name))
+    weights = arguments.optional(arguments.path)("weights", weights)
     return net_from_weights(spec, load_weights(spec, weights))
 
 

@@ -90,12 +90,12 @@ def decode(path: pathlib.Path, spec, grid: tuple[int, int]) -> tuple:
     input, seconds). The figure's array is `render.display_copy` for a figure of `grid`
     (rows, columns): a large photo is kept only at the size its figure can show."""
     from jaxsal.render import display_copy
-    from jaxsal.stimuli import load_image, preprocess
+    from jaxsal.stimuli import decoded_image, preprocess
 
     t = time.perf_counter()
-    image = load_image(path)
-    shown = display_copy(image, *grid)
-    x = preprocess(image, spec.preprocessing)
+    with decoded_image(path) as image:  # the full image counts against the decoding budget
+        shown = display_copy(image, *grid)
+        x = preprocess(image, spec.preprocessing)
     return shown, x, time.perf_counter() - t
 
 

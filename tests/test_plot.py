@@ -272,7 +272,7 @@ RGB = random_maps(2, 2, maps_2d=False)
      "unknown colormap for cmap: 'coolwram'; did you mean coolwarm"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], vmin=200, vmax=100), "vmin (200.0) is larger"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], vmin="a"), "vmin must be a number"),
-    (lambda im: jaxsal.plot(RGB, im, [1, 2], vmax=float("nan")), "vmax must be a number"),
+    (lambda im: jaxsal.plot(RGB, im, [1, 2], vmax=float("nan")), "vmax must be a finite number"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], overlay=True), "pass net="),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], net="AlexNett"), "unknown network 'AlexNett'"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], net=42), "net must be a jaxsal Net"),
