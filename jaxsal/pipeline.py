@@ -235,8 +235,9 @@ class FigureSink:
     in figure order, and with -show each is shown then, in the main process.
 
     Back-pressure: at most `IN_FLIGHT_PER_WORKER` figures per worker wait or are being drawn;
-    `submit` waits for the oldest beyond that, so a run whose maps come faster than figures
-    are drawn does not pile up figure jobs (pictures and display maps) in memory. The wait
+    with that many pending, `submit` first waits for the oldest, so a run whose maps come faster
+    than figures are drawn does not pile up figure jobs (pictures and display maps) in memory
+    (the npz map writer's memory is `MapSink`'s). The wait
     costs the device nothing: the next batch is already dispatched when a batch's figures are
     submitted (`jaxsal.batching.iter_saliency`).
     """

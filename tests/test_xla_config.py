@@ -205,20 +205,16 @@ def test_first_use_tunes_silently_once():
     assert env["XLA_FLAGS"] == EIGEN_CONV_FLAG
 
 
-def test_first_use_after_jax_started_says_it_is_too_late_in_one_line():
+@pytest.mark.parametrize("state,words", [
+    ({"backend_initialised": True}, ("too late", "jaxsal.tune_cpu()")),  # the user's JAX came first
+    ({"x64": True}, ("float64", "20x slower")),
+])
+def test_first_use_that_cannot_tune_leaves_xla_alone_and_says_why_in_one_line(state, words):
     env = {}
-    added, lines = first_use(env, backend_initialised=True)
+    added, lines = first_use(env, **state)
     assert added == [] and env == {}
     (line,) = lines
-    assert "too late" in line and "jaxsal.tune_cpu()" in line and "\n" not in line
-
-
-def test_first_use_with_float64_on_leaves_xla_alone_and_says_why():
-    env = {}
-    added, lines = first_use(env, x64=True)
-    assert added == [] and env == {}
-    (line,) = lines
-    assert "float64" in line and "20x slower" in line and "\n" not in line
+    assert all(word in line for word in words) and "\n" not in line
 
 
 @pytest.mark.parametrize("env", [{xla_config.OPT_OUT_ENV: "0"},
