@@ -982,7 +982,7 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         result["help_s"] = t_help if p.returncode == 0 else None
         t_jax, _ = _run_timed([py, "-c", "import jax, jax.numpy"], env, work)
         result["import_jax_s"] = t_jax
-        load = ("import time, jaxsal; t = time.perf_counter(); net = jaxsal.load_net({net_name!r}"
+        load = (f"import time, jaxsal; t = time.perf_counter(); net = jaxsal.load_net({net_name!r}"
                 + (f", weights={weights!r}" if weights else "") + "); "
                 "import jax; jax.block_until_ready(net.params); print(time.perf_counter() - t)")
         t_load, p = _run_timed([py, "-c", load], env, work)
