@@ -498,7 +498,9 @@ def run(request: Request | Plan, *, compilation_cache: bool = False,
     script that calls `run` at its top level needs the usual `if __name__ == "__main__":`.
 
     compilation_cache: keep compiled code in the jaxsal cache (`~/.cache/jaxsal/xla`) so a
-      later run starts faster, as the command does; it is a setting of the whole process.
+      later run starts faster, as the command does; it is a setting of the whole process. A
+      folder that cannot be used is one warning; entries are checked against the manifest that
+      runs which finished wrote (`jaxsal.xla_config.CompilationCache`).
     started: `time.perf_counter()` at which the setup time starts (the command passes its own).
     reporter: where the run's lines go (`jaxsal.reporting.Reporter`); default: `Finish: i/n` on
       stdout, `jaxsal: ...` lines on stderr (the command passes its `dnn_saliency` one).

@@ -99,6 +99,7 @@ def test_a_figure_that_cannot_be_written_is_one_line_exit_2(tmp_path, dnn_salien
             initializer=_worker_init_small_files, initargs=(os.getpid(),))
 
     monkeypatch.setattr(render, "render_pool", small_files_pool)
+    monkeypatch.setattr(render, "default_render_workers", lambda: 1)
     out = tmp_path / "out"
     done = dnn_saliency(["-net", "TinyNet", "-layer", "conv3", "-chn", "2", "-stim",
                          EXAMPLES / "examples.stim.csv", "-weights", tiny_weights, "-out", out],
