@@ -266,9 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             reporter.error(str(e))
             return 2
         except KeyboardInterrupt:
+            reporter.end_live()
             reporter.info("interrupted")
             return 130
         except Terminated:
+            reporter.end_live()
             reporter.info("terminated")
             return 143
         except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback

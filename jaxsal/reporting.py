@@ -46,6 +46,8 @@ class Reporter:
         self._line(self.stderr, f"{self.prefix}: warning: {message}")
 
     def error(self, message: str) -> None:
+        """The run's last line: the progress line, if any, stays as it was, above it."""
+        self.end_live()
         self._line(self.stderr, f"{self.prefix}: error: {message}")
 
     def progress(self, total: int, **kwargs) -> "Progress":

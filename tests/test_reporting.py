@@ -73,9 +73,10 @@ def test_other_lines_never_land_inside_the_progress_line(clock):
                               + "dnn_saliency: warning: the map of channel 3 is constant\n" + live
                               + "\r\x1b[K" + live)
     assert out.getvalue() == "Finish: 6/100\n"
+    # An error ends the run: the progress line stays as it was, the error under it.
     reporter.error("cannot write out/x.jpg: No space left on device")
-    assert err.getvalue().endswith("\r\x1b[K" + "dnn_saliency: error: cannot write out/x.jpg: No "
-                                   "space left on device\n" + live)
+    assert err.getvalue().endswith("\r\x1b[K" + live + "\ndnn_saliency: error: cannot write "
+                                   "out/x.jpg: No space left on device\n")
 
 
 @pytest.mark.parametrize("tty", [False, True])
