@@ -83,7 +83,7 @@ class InlinePool:
         self.jobs = []
 
     def submit(self, fn, *args):
-        if fn is pipeline.render_timed:
+        if fn is render.render_job:
             self.jobs.append(args[0])
         future = concurrent.futures.Future()
         future.set_result(fn(*args))
@@ -104,7 +104,7 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
                 method=resolve(meth, SPEC, "conv5"), stimuli=read_stim_csv(stim), weights=None,
                 mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, out=tmp_path / "out", overlay=overlay)
 
-    def iter_saliency(net, inputs, layer, chans, method, n_images, batch_size, precision):
+    def iter_saliency(net, inputs, layer, chans, method, n_images, batch_size, precision, reporter=None):
         assert n_images == maps.shape[1] and tuple(chans) == tuple(channels)
         done, batch = 0, []
         for x in inputs:  # batches of 4: figures complete across batch boundaries
