@@ -87,19 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (`jaxsal.cli.exit_status`)."""
     argv = list(sys.argv if argv is None else argv)
     tune_cpu()  # before anything can import JAX
+    start = time.perf_counter()
+    reporter = Reporter(PROG)
 
     def body():
+        request = request_from_flags(cli.parse_flags(argv, FLAGS, PROG, usage, EXAMPLE_ARGS))
         from jaxsal.sanity.api import run_check
         from jaxsal.sanity.frame import report_lines
+        from jaxsal.stimuli import use_own_pixel_limit  # Pillow: only once the flags are sound
 
-        start = time.perf_counter()
-        request = request_from_flags(cli.parse_flags(argv, FLAGS, PROG, usage, EXAMPLE_ARGS))
-        reporter = Reporter(PROG)
+        use_own_pixel_limit()
         report = run_check(request, reporter)
         print("\n".join(report_lines(report.frame)), file=reporter.stdout, flush=True)
         reporter.info(f"done in {time.perf_counter() - start:.1f}s")
 
-    return cli.exit_status(PROG, body)
+    return cli.exit_status(reporter, body)
 
 
 def run() -> int:
