@@ -92,7 +92,7 @@ def apply_op(op, torch_module, x, cotangent):
     leaves = {leaf: LAYOUT_RULES[rule](sd[torch_leaf], None)
               for leaf, (torch_leaf, rule) in op.torch_leaves(shape).items()}
     assert {k: v.shape for k, v in leaves.items()} == op.params(shape)
-    variables = {"params": {op.name: leaves}} if leaves else {}
+    variables = {"params": nest_params({f"{op.name}.{k}": v for k, v in leaves.items()})} if leaves else {}
     with jax.enable_x64(True):
         out, grad = jax.jit(lambda a, g: (lambda y, vjp: (y, vjp(g)[0]))(
             *jax.vjp(lambda b: One().apply(variables, b), a)))(jnp.asarray(x), jnp.asarray(cotangent))
@@ -207,6 +207,19 @@ def test_a_checkpoint_of_another_network_is_named():
         convert_state_dict(get_net_spec("Resnet50"), vit_keys, source_file="x.pth", source_sha256="0" * 64)
     with pytest.raises(UsageError, match="holds Resnet50 weights, not VitB16.*vit_b_16-c867db91.pth"):
         convert_state_dict(VIT, keys_of("Resnet50"), source_file="x.pth", source_sha256="0" * 64)
+
+
+def test_sanity_checks_can_randomise_every_layer():
+    """dnn_saliency_check's MPRT re-initialises a ViT's parameters too: the projections of the
+    attention as linear layers, LayerNorm to the identity, the embeddings to 0."""
+    from jaxsal.sanity import stages
+
+    chosen = stages.select(VIT, "head")
+    assert chosen[0] == "head" and chosen[-1] == "conv_proj" and len(chosen) == 15
+    rules = stages.reinit_rules(VIT, "encoder_layer0")
+    assert rules["class_token"].value == rules["pos_embedding"].value == 0
+    assert rules["encoder_layer0.self_attention.in_proj.bias"].value == pytest.approx(768 ** -0.5)
+    assert rules["encoder_layer0.ln_1.scale"].value == 1 and rules["encoder_layer0.ln_1.bias"].value == 0
 
 
 def test_token_target_is_the_mean_over_the_patch_tokens():

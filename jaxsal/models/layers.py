@@ -307,13 +307,14 @@ class SelfAttention(Op):
 
     nonlinearity = "softmax attention"
 
-    def params(self, x):
+    def params(self, x):  # its two projections are linear layers (in, out), as torch's
         c = x[0]
-        return {"in_kernel": (c, 3 * c), "in_bias": (3 * c,), "out_kernel": (c, c), "out_bias": (c,)}
+        return {"in_proj.kernel": (c, 3 * c), "in_proj.bias": (3 * c,),
+                "out_proj.kernel": (c, c), "out_proj.bias": (c,)}
 
     def torch_leaves(self, x):
-        return {"in_kernel": ("in_proj_weight", "linear"), "in_bias": ("in_proj_bias", "copy"),
-                "out_kernel": ("out_proj.weight", "linear"), "out_bias": ("out_proj.bias", "copy")}
+        return {"in_proj.kernel": ("in_proj_weight", "linear"), "in_proj.bias": ("in_proj_bias", "copy"),
+                "out_proj.kernel": ("out_proj.weight", "linear"), "out_proj.bias": ("out_proj.bias", "copy")}
 
     def internal_elements(self, x):
         c, t = x

@@ -192,18 +192,14 @@ class _SelfAttention(nn.Module):
         *lead, t, c = x.shape
         h = self.op.heads
         d = c // h
-        init = nn.initializers.lecun_normal()
-        w_in = self.param("in_kernel", init, (c, 3 * c)).astype(x.dtype)
-        b_in = self.param("in_bias", nn.initializers.zeros, (3 * c,)).astype(x.dtype)
-        w_out = self.param("out_kernel", init, (c, c)).astype(x.dtype)
-        b_out = self.param("out_bias", nn.initializers.zeros, (c,)).astype(x.dtype)
-        qkv = (jnp.dot(x, w_in, precision=self.precision) + b_in).reshape(*lead, t, 3, h, d)
+        qkv = _Linear(Linear(features=3 * c), self.precision, name="in_proj")(x)
+        qkv = qkv.reshape(*lead, t, 3, h, d)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (..., T, heads, d)
         q = q * jnp.asarray(1.0 / np.sqrt(d), x.dtype)
         logits = jnp.einsum("...thd,...shd->...hts", q, k, precision=self.precision)
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("...hts,...shd->...thd", weights, v, precision=self.precision)
-        return jnp.dot(out.reshape(*lead, t, c), w_out, precision=self.precision) + b_out
+        return _Linear(Linear(features=c), self.precision, name="out_proj")(out.reshape(*lead, t, c))
 
 
 @flax_layer(TokenEmbedding)
