@@ -374,7 +374,8 @@ def test_default_grad_cam_layer(spec, layer, cam):
 
 def test_the_command_refuses_guided_for_vit_in_one_line(tmp_path):
     done = subprocess.run([str(pathlib.Path(sys.executable).with_name("dnn_saliency")), "-net", "VitB16", "-layer", "head", "-chn", "1",
-                           "-stim", "x.stim.csv", "-out", str(tmp_path / "out")],
+                           "-stim", str(pathlib.Path(__file__).parents[1] / "examples" / "examples.stim.csv"),
+                           "-out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
