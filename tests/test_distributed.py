@@ -24,9 +24,9 @@ def free_port() -> int:
 
 
 def test_shares_are_disjoint_round_robin_and_cover_everything():
-    shares = [Cluster(3, p, "127.0.0.1:1").check().my_figures(8) for p in range(3)]
+    shares = [Cluster(3, p, "127.0.0.1:1").check().my_shards(8) for p in range(3)]
     assert shares == [[0, 3, 6], [1, 4, 7], [2, 5]]
-    assert Cluster().my_figures(2) == [0, 1]
+    assert Cluster().my_shards(2) == [0, 1]
     with pytest.raises(UsageError, match="coordinator"):
         Cluster(2, 0, None).check()
     with pytest.raises(UsageError, match="process_id"):
