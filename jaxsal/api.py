@@ -29,7 +29,11 @@ def saliency(
     batch_size: int | None = None,
     precision: str = "highest",
 ) -> np.ndarray:
-    """Saliency maps of `channels` (1-based) of `layer` for every image.
+    """Saliency maps of `channels` of `layer` for every image.
+
+    channels: 1-based numbers, ranges or 'all', as the command's -chn (`jaxsal.channels`):
+    [60, 125], "1-64", ["1-4", 60], "all". Many channels are computed in blocks (one forward per
+    batch of images, the VJPs of a block of channels at once), but the result holds them all.
 
     images: a sequence of paths, PIL images or uint8 arrays ((H,W,3), (H,W) or (3,H,W)); each is
     EXIF-rotated, converted to RGB, resized to the net's input size (PIL bilinear, no crop) and

@@ -33,8 +33,9 @@ from jaxsal.request import check_batch_size
 # Largest batch worth using per platform: beyond it throughput stops growing (CPU caches) while
 # latency to the first figure and host memory keep growing.
 _MAX_BATCH_PER_DEVICE = {"cpu": 64, "gpu": 512, "tpu": 512}
-# Largest channel block worth using per platform: on CPUs a larger block stops paying (each
-# VJP is already a large batched convolution) while memory grows with it (BENCHMARKS.md).
+# Largest channel block per platform. On CPUs throughput is flat in the block size (each block's
+# VJPs are already one large batched convolution per layer) while memory grows with it, so the
+# block stays small; accelerators need larger calls to be kept busy (not measured yet).
 _MAX_BLOCK = {"cpu": 8, "gpu": 64, "tpu": 64}
 
 

@@ -20,8 +20,9 @@ the coordinates are arrays of the group, the run's metadata is the group's attri
                  (stimuli s*T .. s*T+T-1, T = attrs["stimuli_per_shard"]) is written.
 
 Attributes: net, layer, method, method_options, maps_axes, weights (file, sha256, provenance),
-maps_dtype, maps_reduce, stimuli_per_shard, compute (images and channels per call), and
-`complete`: false until every shard is in, set to true last, like a commit. Each file is
+maps_dtype, maps_reduce, input_size, stimuli_per_shard, compute (images and channels per call),
+stim_file, and `complete`: false until every shard is in, set to true last, like a commit (the
+metadata is then consolidated, so `xarray.open_zarr` opens it without a warning). Each file is
 written whole (zarr writes a new file and renames it), so a run killed at any point leaves a
 store that says it is incomplete, and `-resume` skips the shards it holds (`check_existing`).
 
@@ -215,8 +216,8 @@ class MapStore:
         }
         compressor = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
         fast = {"write_empty_chunks": True}  # no scan of each chunk for the fill value
-        try:
-            group = zarr.open_group(path, mode="w-", zarr_format=3, attributes=attrs)
+        try:  # the attributes (jaxsal's mark) last: a store killed while being made is no store
+            group = zarr.open_group(path, mode="w-", zarr_format=3)
             group.create_array(
                 "maps", shape=shape, dtype=attrs["maps_dtype"], fill_value=np.nan,
                 chunks=(1, 1) + shape[2:], shards=(1, t) + shape[2:], compressors=compressor,
@@ -237,6 +238,7 @@ class MapStore:
             n_shards = -(-n // t)
             group.create_array("shards_done", shape=(n_shards,), dtype="uint8", fill_value=0,
                                chunks=(1,), compressors=None, dimension_names=("shard",))
+            group.attrs.update(attrs)
         except OSError as error:
             raise OutputError.writing(path, error) from None
         return cls(path, group, attrs)
@@ -302,11 +304,20 @@ class MapStore:
         return np.flatnonzero(np.asarray(self.group["shards_done"][:]) == 1)
 
     def complete(self) -> bool:
-        """Mark the store complete if every shard is in (written last); whether it is."""
+        """Mark the store complete if every shard is in (written last); whether it is. The
+        arrays' metadata is then consolidated into the group's, as xarray expects of a store
+        that no longer changes (a zarr-python convention that other readers ignore)."""
+        import warnings
+
+        import zarr
+
         if len(self.done()) != self.group["shards_done"].shape[0]:
             return False
         try:
             self.group.attrs["complete"] = True
+            with warnings.catch_warnings():  # "not part of the Zarr format 3 specification"
+                warnings.simplefilter("ignore")
+                zarr.consolidate_metadata(self.path)
         except OSError as error:
             raise self.error(error) from None
         return True

@@ -68,7 +68,8 @@ class RunReport:
     """What a run did.
 
     figures: the figure files this process wrote, in figure order (none without `out`).
-    maps: the .npz of the maps (`save_maps`; in a multi-process run, on process 0 only), or None.
+    maps: the .npz or zarr store of the maps (`save_maps`; in a multi-process run, on process 0
+      only), or None.
     stimuli: how many stimuli this process computed.
     timings: where the time went (`Timings`).
     weights: the weights used, {"source", "sha256", "provenance"} as in the maps file.
@@ -497,14 +498,13 @@ class Pipeline:
         self.plan = plan
         self.reporter = Reporter() if reporter is None else reporter
         n = len(plan.stimuli.paths)
-        self.shards = shard_ranges(n, plan.stimuli_per_shard or max(1, n))
+        per_shard = plan.stimuli_per_shard or max(1, n)  # 0 (a Plan made by hand): one shard
+        self.shards = shard_ranges(n, per_shard)
         owned = plan.cluster.my_shards(len(self.shards))
-        per_shard = plan.stimuli_per_shard or max(1, n)
-        mine = set(owned)
-        slices = render.figure_slices(n)
+        ours = set(owned)
         # (global figure number k, global stimulus indices) of the figures this process draws
-        self.figures = [(k + 1, cols) for k, cols in enumerate(slices)
-                        if cols.start // per_shard in mine]
+        self.figures = [(k + 1, cols) for k, cols in enumerate(render.figure_slices(n))
+                        if cols.start // per_shard in ours]
         kept = plan.store.done if plan.store is not None else frozenset()
         if plan.resume and plan.out is not None:
             drawn = [f for f in self.figures
