@@ -1,8 +1,8 @@
 """Many channels and the zarr map store (`-save_maps -maps_format zarr`, `jaxsal.map_store`) on
 TinyNet: every channel of a layer in blocks, the store's layout (xarray's conventions), its
 contents against the Python API, the float16 and gray reductions, a reader of one unit x 100
-stimuli reading only those maps, an existing store never overwritten, and a full disk as one
-line (npz and store). Killing a real run and resuming it: test_map_store_resume.py (slow)."""
+stimuli reading only those maps, an existing store never overwritten, and (slow) a full disk as
+one line (npz and store). Killing a real run and resuming it: test_map_store_resume.py (slow)."""
 from __future__ import annotations
 
 import errno
@@ -43,8 +43,8 @@ def quiet() -> tuple[Reporter, io.StringIO]:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, tiny_weights):
-    """Two runs of every channel of TinyNet conv3 over the 7 examples: a plain store and one
-    with -maps_reduce float16,gray; (folder, plain report, its stderr, reduced report)."""
+    """A run of every channel of TinyNet conv3 over the 7 examples: (folder, its report, its
+    stderr)."""
     import zarr
 
     mp = pytest.MonkeyPatch()
@@ -54,17 +54,15 @@ def stores(tmp_path_factory, tiny_weights):
     folder = tmp_path_factory.mktemp("stores")
     reporter, err = quiet()
     plain = jaxsal.run(request(tiny_weights, folder / "plain"), reporter=reporter)
-    reduced = jaxsal.run(request(tiny_weights, folder / "reduced", maps_reduce="float16,gray"),
-                         reporter=quiet()[0])
     mp.undo()
     assert zarr.open_group(plain.maps, mode="r").attrs["complete"] is True
-    return folder, plain, err.getvalue(), reduced
+    return folder, plain, err.getvalue()
 
 
 def test_every_channel_in_blocks_equals_the_api_and_figures_show_five(stores, tiny_net):
     import zarr
 
-    folder, report, err, _ = stores
+    folder, report, err = stores
     assert report.maps == folder / "plain" / "TinyNet_conv3_maps.zarr"
     assert sorted(p.name for p in (folder / "plain").iterdir()) == [
         "TinyNet_conv3_fig1.jpg", "TinyNet_conv3_fig2.jpg", "TinyNet_conv3_maps.zarr"]
@@ -86,7 +84,7 @@ def test_every_channel_in_blocks_equals_the_api_and_figures_show_five(stores, ti
 def test_the_store_follows_xarrays_conventions(stores):
     import zarr
 
-    _, report, _, _ = stores
+    _, report, _ = stores
     store = zarr.open_group(report.maps, mode="r")
     assert set(store.array_keys()) == {"maps", "activations", "channel", "stimulus",
                                        "shards_done"}
@@ -121,7 +119,7 @@ def test_activations_are_the_targets_values(stores, tiny_net):
     from jaxsal.core import target_forward
     from jaxsal.stimuli import load_image, preprocess
 
-    _, report, _, _ = stores
+    _, report, _ = stores
     store = zarr.open_group(report.maps, mode="r")
     x = np.stack([preprocess(load_image(REPO / "examples" / str(s)), tiny_net.spec.preprocessing)
                   for s in store["stimulus"][:]])
@@ -133,14 +131,18 @@ def test_activations_are_the_targets_values(stores, tiny_net):
                                atol=1e-6 * np.abs(expected).max())
 
 
-def test_float16_keeps_three_digits_of_each_gray_map(stores):
+def test_float16_keeps_three_digits_of_each_gray_map(stores, tmp_path):
+    """-maps_reduce float16,gray on the run's own maps (MapStore.write_maps reduces them)."""
     import zarr
 
-    _, plain, _, reduced = stores
+    _, plain, _ = stores
     full = zarr.open_group(plain.maps, mode="r")["maps"][:]
-    store = zarr.open_group(reduced.maps, mode="r")
+    path, _ = _synthetic_store(tmp_path, full, ("float16", "gray"))
+    store = zarr.open_group(path, mode="r")
     assert dict(store.attrs)["maps_axes"] == "channel, stimulus, y, x"
+    assert dict(store.attrs)["maps_dtype"] == "float16"
     assert store["maps"].metadata.dimension_names == ("channel", "stimulus", "y", "x")
+    assert store["maps_scale"].metadata.dimension_names == ("channel", "stimulus")
     maps, scale = store["maps"][:], store["maps_scale"][:]
     assert maps.dtype == np.float16 and maps.shape == (16, 7, 32, 32) and scale.shape == (16, 7)
     gray = np.abs(full).max(axis=2)  # the gray reduction: max |RGB| per pixel
@@ -151,21 +153,22 @@ def test_float16_keeps_three_digits_of_each_gray_map(stores):
     assert error.max() <= 2.0 ** -11  # float16's rounding, relative to each map's largest value
 
 
-def _synthetic_store(folder: pathlib.Path, n_stimuli: int, n_channels: int):
-    """A store of random maps written through MapStore (no network), 60 stimuli per shard."""
+def _synthetic_store(folder: pathlib.Path, maps: np.ndarray, reduce=()):
+    """A store of the given float32 maps (K, N, 3, 32, 32), written through MapStore in shards
+    of 60 stimuli (no network); (its path, the maps)."""
     spec = tiny_net.TINY
-    ids = tuple(f"s{i:04d}.png" for i in range(n_stimuli))
+    k, n = maps.shape[:2]
+    ids = tuple(f"s{i:04d}.png" for i in range(n))
     stimuli = types.SimpleNamespace(ids=ids, paths=ids, stim_file=pathlib.Path("x.stim.csv"))
-    plan = Plan(spec=spec, layer="conv3", channels0=tuple(range(n_channels)),
+    plan = Plan(spec=spec, layer="conv3", channels0=tuple(range(k)),
                 method=resolve("guided", spec, "conv3"), stimuli=stimuli, weights=None,
-                out=folder, save_maps=True, maps_format="zarr", stimuli_per_shard=60)
+                out=folder, save_maps=True, maps_format="zarr", maps_reduce=tuple(reduce),
+                stimuli_per_shard=60)
     store = map_store.MapStore.create(plan, {"stimuli_per_call": 60, "channels_per_call": 4})
-    rng = np.random.default_rng(0)
-    maps = rng.standard_normal((n_channels, n_stimuli, 3, 32, 32)).astype(np.float32)
-    for shard, start in enumerate(range(0, n_stimuli, 60)):
-        stimuli_ = range(start, min(start + 60, n_stimuli))
-        store.write_maps(stimuli_, 0, maps[:, stimuli_.start:stimuli_.stop])
-        store.finish_shard(shard, stimuli_, np.zeros((n_channels, len(stimuli_)), np.float32))
+    for shard, start in enumerate(range(0, n, 60)):
+        stimuli_ = range(start, min(start + 60, n))
+        scale = store.write_maps(stimuli_, 0, maps[:, stimuli_.start:stimuli_.stop])
+        store.finish_shard(shard, stimuli_, np.zeros((k, len(stimuli_)), np.float32), scale)
     assert store.complete()
     return plan.maps_path, maps
 
@@ -174,7 +177,8 @@ def test_a_reader_of_one_unit_and_100_stimuli_reads_only_those(tmp_path):
     import zarr
     from zarr.storage import LocalStore
 
-    path, maps = _synthetic_store(tmp_path, 240, 4)
+    maps = np.random.default_rng(0).standard_normal((4, 240, 3, 32, 32)).astype(np.float32)
+    path, maps = _synthetic_store(tmp_path, maps)
 
     class Counting(LocalStore):
         """Counts the bytes the store hands out for the maps' shard files."""
@@ -198,7 +202,7 @@ def test_a_reader_of_one_unit_and_100_stimuli_reads_only_those(tmp_path):
 
 def test_an_existing_store_is_never_overwritten_and_resume_checks_the_request(
         stores, tiny_weights, tmp_path):
-    folder, report, _, _ = stores
+    folder, report, _ = stores
     out = folder / "plain"
     before = {p: p.read_bytes() for p in report.maps.rglob("*") if p.is_file()}
     with pytest.raises(UsageError, match=r"exists \(complete\): add -resume to continue it"):
