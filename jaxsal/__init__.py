@@ -11,8 +11,14 @@
 
 Importing jaxsal has no side effects on the process, and imports JAX only when a name that needs
 it is used (so `dnn_saliency -help` and input validation do not pay for JAX); matplotlib only for
-`jaxsal.plot`, which needs no JAX. On a CPU, `jaxsal.tune_cpu()` before the first computation
-makes float32 maps faster (see its docstring).
+`jaxsal.plot`, which needs no JAX.
+
+On a CPU, jaxsal makes float32 maps ~1.2x faster with one XLA flag that must be set before JAX
+starts: it sets it itself when it is the first to start JAX (`load_net`, `run`), as the command
+does. One line on stderr says when it cannot: JAX was already started by your own code (call
+`jaxsal.tune_cpu()` before your first JAX computation), or float64 is on (`jax_enable_x64`: the
+flag makes float64 convolutions ~20x slower, so jaxsal leaves it out). `JAXSAL_XLA_TUNING=0`
+turns it off (set it too if you turn float64 on later in the same process).
 """
 __version__ = "0.1.0"
 

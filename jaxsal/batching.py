@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import sys
 from typing import Iterable, Iterator, Sequence
 
 import jax
@@ -28,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxsal.core import compiled_blocks, compiled_saliency
 from jaxsal.errors import UsageError
 from jaxsal.net import Net
+from jaxsal.reporting import Reporter
 from jaxsal.request import check_batch_size
 
 # Largest batch worth using per platform: beyond it throughput stops growing (CPU caches) while
@@ -174,8 +174,8 @@ class _Engine:
     one call per channel block; shrinks the images per call on out-of-memory."""
 
     def __init__(self, net: Net, layer: str, method, precision: str, channels0: np.ndarray,
-                 size: int, block: int, values: bool, mesh: Mesh):
-        self.size, self.mesh = size, mesh
+                 size: int, block: int, values: bool, mesh: Mesh, reporter: Reporter):
+        self.size, self.mesh, self.reporter = size, mesh, reporter
         self.n_dev = mesh.devices.size
         self.images_sharding = NamedSharding(mesh, PartitionSpec("batch"))
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -240,8 +240,7 @@ class _Engine:
                         "out of device memory even with one image per device; use a smaller "
                         "target layer, fewer channels, or a device with more memory") from None
                 self.size = max(self.n_dev, (self.size // 2) // self.n_dev * self.n_dev)
-                print(f"jaxsal: out of device memory; retrying with batch size {self.size}",
-                      file=sys.stderr)
+                self.reporter.info(f"out of device memory; retrying with batch size {self.size}")
                 batch.chunks = self.start(batch.images).chunks
                 dispatched = self.dispatch(batch, j)
 
@@ -262,6 +261,7 @@ def iter_blocks(
     precision: str = "highest",
     values: bool = False,
     batches: Iterable[int] | None = None,
+    reporter: Reporter | None = None,
 ) -> Iterator[ChannelBlock]:
     """Stream maps block by block: for each batch of `inputs` (normalized (S, S, 3) float32
     arrays), its channel blocks in channel order (`ChannelBlock`).
@@ -272,10 +272,11 @@ def iter_blocks(
     whose forward results are all kept while its blocks are computed. values: also return the
     targets' values (with each batch's first block). The next block (or batch) is dispatched
     before the last one is fetched, so host work overlaps device work. The arguments are checked
-    by the caller (`jaxsal.saliency`, `jaxsal.request.validate`).
+    by the caller (`jaxsal.saliency`, `jaxsal.request.validate`). `reporter` gets the
+    out-of-memory retry line (default: `jaxsal: ...` on stderr).
     """
     engine = _Engine(net, layer, method, precision, np.asarray(channels, np.int32) - 1, size,
-                     block, values, device_mesh())
+                     block, values, device_mesh(), Reporter() if reporter is None else reporter)
     n_blocks = len(engine.ranges)
     pending = None
     start = 0
@@ -307,14 +308,16 @@ def iter_saliency(
     n_images: int,
     batch_size: int | None = None,
     precision: str = "highest",
+    reporter: Reporter | None = None,
 ) -> Iterator[np.ndarray]:
     """Stream maps batch by batch: yields float32 (K, b, ...) maps for each consecutive batch of
     `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch. The
-    arguments are checked by the caller (`jaxsal.saliency`, `jaxsal.request.validate`)."""
+    arguments are checked by the caller (`jaxsal.saliency`, `jaxsal.request.validate`).
+    `reporter` gets the out-of-memory retry line (default: `jaxsal: ...` on stderr)."""
     size, block = call_shape(net, layer, len(channels), n_images, batch_size)
     parts = []
     for result in iter_blocks(net, inputs, layer, channels, method, size=size, block=block,
-                              precision=precision):
+                              precision=precision, reporter=reporter):
         parts.append(result.maps)
         if result.last:
             yield parts[0] if len(parts) == 1 else np.concatenate(parts)

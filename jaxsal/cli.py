@@ -11,10 +11,14 @@ import time: the figure workers are spawned processes that re-import the entry m
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+import warnings
 from typing import Sequence
 
 from absl import flags
@@ -211,33 +215,78 @@ def parse_args(argv: Sequence[str]) -> Request:
     return request_from_flags(parse_flags(argv))
 
 
+class Terminated(BaseException):
+    """SIGTERM: raised in the main thread like KeyboardInterrupt for SIGINT, so that a
+    terminated run unwinds the same way -- figures being drawn are finished, the workers shut
+    down, nothing half-written is left -- and exits with status 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises `Terminated` while the command runs (main thread only; the previous
+    handler is restored after, for callers of `main` in a longer-lived process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_to(reporter: Reporter):
+    """Python warnings raised during the run (jaxsal's own, e.g. about weights, or a library's)
+    become the command's one-line `dnn_saliency: warning: ...`."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: reporter.warn(str(message))
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (0 ok, 2 usage/input error, 1 unexpected,
-    130 interrupted)."""
+    """Run the command; returns the exit status: 0 ok, 2 usage/input/output error, 1
+    unexpected, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
     global _MULTI_PROCESS
     argv = list(sys.argv if argv is None else argv)
     tune_cpu()  # before anything can import JAX (the figure workers never do)
     start = time.perf_counter()
-    try:
-        fv = parse_flags(argv)
-        request = request_from_flags(fv)
-        _MULTI_PROCESS = request.cluster.is_multi
-        report = run_pipeline(request, compilation_cache=True, started=start,
-                              reporter=Reporter(PROG))
-    except _Help as h:
-        print(str(h), end="")
-        return 0
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback
-        traceback.print_exc()
-        print(f"{PROG}: internal error (this is a bug in jaxsal, not in your input); please "
-              f"report it with the traceback above", file=sys.stderr)
-        return 1
+    reporter = Reporter(PROG)
+    with _sigterm_unwinds(), _warnings_to(reporter):
+        try:
+            fv = parse_flags(argv)
+            request = request_from_flags(fv)
+            _MULTI_PROCESS = request.cluster.is_multi
+            from jaxsal.stimuli import use_own_pixel_limit  # Pillow: only once the flags are sound
+
+            use_own_pixel_limit()
+            report = run_pipeline(request, compilation_cache=True, started=start,
+                                  reporter=reporter)
+        except _Help as h:
+            print(str(h), end="")
+            return 0
+        except UsageError as e:
+            reporter.error(str(e))
+            return 2
+        except KeyboardInterrupt:
+            reporter.end_live()
+            reporter.info("interrupted")
+            return 130
+        except Terminated:
+            reporter.end_live()
+            reporter.info("terminated")
+            return 143
+        except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback
+            reporter.end_live()
+            traceback.print_exc()
+            reporter.info("internal error (this is a bug in jaxsal, not in your input); please "
+                          "report it with the traceback above")
+            return 1
     if fv.profile:
         print(report.timings.report(PROG), file=sys.stderr)
     return 0

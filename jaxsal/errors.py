@@ -13,11 +13,3 @@ class OutputError(UsageError):
     """The run cannot write its output (disk full, folder removed, permission lost): reported
     like a usage error -- one line naming the file and the reason, exit status 2 -- and nothing
     half-written is left behind."""
-
-    @classmethod
-    def writing(cls, path, error: OSError, hint: str = "") -> "OutputError":
-        """`cannot write PATH: <the system's reason>` (e.g. "No space left on device"),
-        then `hint`."""
-        import os
-
-        return cls(f"cannot write {os.fspath(path)}: {error.strerror or error}{hint}")

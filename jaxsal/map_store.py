@@ -36,6 +36,7 @@ import json
 import os
 import pathlib
 
+from jaxsal.atomic import output_error
 from jaxsal.channels import describe_channels
 from jaxsal.errors import OutputError, UsageError
 
@@ -240,7 +241,7 @@ class MapStore:
                                chunks=(1,), compressors=None, dimension_names=("shard",))
             group.attrs.update(attrs)
         except OSError as error:
-            raise OutputError.writing(path, error) from None
+            raise output_error(path, error) from None
         return cls(path, group, attrs)
 
     @classmethod
@@ -323,5 +324,5 @@ class MapStore:
         return True
 
     def error(self, error: OSError) -> OutputError:
-        return OutputError.writing(self.path, error, "; the store is kept, incomplete: free some "
+        return output_error(self.path, error, "; the store is kept, incomplete: free some "
                                                "space, then run the same command with -resume")

@@ -5,7 +5,7 @@ scratch file that has no name (`jaxsal.atomic.unnamed_file`), then packed into t
 (uncompressed, streamed in chunks) through `jaxsal.atomic.atomic_file`: thousands of stimuli do
 not need thousands of maps in the process's memory (the pages are the file system's), a run
 that fails, or is killed, leaves no .npz and no scratch file behind, and a full disk is one
-`OutputError` naming the file.
+`jaxsal.errors.OutputError` naming the file.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import zipfile
 
 import numpy as np
 
-from jaxsal.atomic import atomic_file, unnamed_file
-from jaxsal.errors import OutputError
+from jaxsal.atomic import atomic_file, output_error, unnamed_file
 
 COPY_BYTES = 16 << 20  # packing reads the scratch file in pieces of this size
 
@@ -41,7 +40,7 @@ class MapWriter:
         try:
             self._scratch = unnamed_file(self.path.parent)
         except OSError as error:
-            raise OutputError.writing(self.path, error) from None
+            raise output_error(self.path, error) from None
 
     def _pwrite(self, data: np.ndarray, channel: int, stimulus: int) -> None:
         """Write maps of one channel for consecutive stimuli from `stimulus` on."""
@@ -52,7 +51,7 @@ class MapWriter:
                 written = os.pwrite(self._scratch.fileno(), view, offset)
                 view, offset = view[written:], offset + written
         except OSError as error:
-            raise OutputError.writing(self.path, error) from None
+            raise output_error(self.path, error) from None
 
     def write(self, start: int, maps: np.ndarray, channel_start: int = 0) -> None:
         """Store maps (B, b, ...) of channels channel_start .. + B - 1 for stimuli start ..
@@ -83,7 +82,7 @@ class MapWriter:
                         with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
                             np.lib.format.write_array(member, value, allow_pickle=False)
         except OSError as error:
-            raise OutputError.writing(self.path, error) from None
+            raise output_error(self.path, error) from None
         finally:
             self.abort()
         return self.path

@@ -13,11 +13,11 @@ spelled on the command line; the tables are `jaxsal.cli.FLAGS` and `jaxsal.metho
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import pathlib
 from typing import Callable, Sequence, Union
 
+from jaxsal import arguments
 from jaxsal.channels import parse_channels
 from jaxsal.distributed import Cluster, stimuli_per_shard
 from jaxsal.errors import UsageError
@@ -34,9 +34,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_batch_size(value, name: str = "batch_size") -> int:
     """A batch size: a whole number >= 1 (`name` is how the message spells the option)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise UsageError(f"{name} must be at least 1, got {value}")
-    return int(value)
+    return arguments.whole_number(name, value, minimum=1)
+
+
+def maps_reductions(what: str, value) -> tuple[str, ...]:
+    """-maps_reduce: None, "float16,gray" or a list of those words -> a sorted tuple."""
+    words = () if value is None else value.split(",") if isinstance(value, str) else value
+    try:
+        words = [w.strip() for w in words if w.strip()]
+    except (TypeError, AttributeError):
+        words = None
+    if words is None or any(w not in MAPS_REDUCTIONS for w in words):
+        raise UsageError(f"{what} takes float16 and/or gray (e.g. -maps_reduce float16,gray), "
+                         f"got {value!r}")
+    return tuple(sorted(set(words)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,43 +107,20 @@ class Request:
     process_id: int = 0
 
     def __post_init__(self):
-        for name in ("net", "layer"):
-            if not isinstance(getattr(self, name), str):
-                raise UsageError(f"{name} must be a name (str), got {getattr(self, name)!r}")
-        object.__setattr__(self, "channels", parse_channels(self.channels, "channels"))
-        object.__setattr__(self, "method", as_method(self.method))
-        if self.mode not in MODES:
-            raise UsageError(f"-mode must be RGB or gray, got {self.mode!r}")
+        for field in dataclasses.fields(self):  # types and single values: FIELD_CHECKS
+            check = FIELD_CHECKS[field.name]
+            object.__setattr__(self, field.name, check(f"-{field.name}", getattr(self, field.name)))
         if not self.show and self.out is None:
             raise UsageError("nothing would be kept: give -out DIR to save the figures, or -show "
                              "to display them")
         if self.save_maps and self.out is None:
             raise UsageError("-save_maps needs -out DIR (the folder the .npz file is written to)")
         self._check_map_options()
-        if self.batch_size is not None:
-            check_batch_size(self.batch_size, "-batch_size")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"-precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("vmin", "vmax"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, numbers.Real)):
-                raise UsageError(f"-{name} must be a number or None, got {value!r}")
         if self.vmin is not None and self.vmax is not None and self.vmin > self.vmax:
             raise UsageError(f"-vmin ({self.vmin}) is larger than -vmax ({self.vmax})")
         self.cluster.check()
 
     def _check_map_options(self) -> None:
-        if self.maps_format not in MAPS_FORMATS:
-            raise UsageError(f"-maps_format must be npz or zarr, got {self.maps_format!r}")
-        reduce = () if self.maps_reduce is None else self.maps_reduce
-        if isinstance(reduce, str):
-            reduce = [r for r in reduce.split(",") if r.strip()]
-        if not all(isinstance(r, str) for r in reduce) or any(
-                r.strip() not in MAPS_REDUCTIONS for r in reduce):
-            raise UsageError(f"-maps_reduce takes float16 and/or gray (e.g. -maps_reduce "
-                             f"float16,gray), got {self.maps_reduce!r}")
-        object.__setattr__(self, "maps_reduce", tuple(sorted({r.strip() for r in reduce})))
         if self.maps_format != "npz" and not self.save_maps:
             raise UsageError(f"-maps_format {self.maps_format} needs -save_maps")
         if self.maps_reduce and self.maps_format != "zarr":
@@ -150,6 +138,37 @@ class Request:
     @property
     def cluster(self) -> Cluster:
         return Cluster(self.num_processes, self.process_id, self.coordinator_address)
+
+
+# Each field of a `Request`, its check: `check(name, value) -> value` (`jaxsal.arguments`), run
+# first on construction, so a wrong type or value is one line naming the field. A new field
+# needs its entry here (a test checks that every field has one); checks across fields follow in
+# `Request.__post_init__`, and those needing files, the registry or the layer in `validate`.
+FIELD_CHECKS: dict[str, arguments.Check] = {
+    "net": arguments.name,
+    "layer": arguments.name,
+    "channels": lambda what, value: parse_channels(value, "channels"),
+    "stim": arguments.path,
+    "method": lambda what, value: as_method(value),
+    "mode": arguments.one_of(MODES),
+    "cmap": arguments.name,
+    "vmin": arguments.optional(arguments.finite_number),
+    "vmax": arguments.optional(arguments.finite_number),
+    "overlay": arguments.flag,
+    "show": arguments.flag,
+    "out": arguments.optional(arguments.path),
+    "save_maps": arguments.flag,
+    "maps_format": arguments.one_of(MAPS_FORMATS),
+    "maps_reduce": lambda what, value: maps_reductions(what, value),
+    "resume": arguments.flag,
+    "weights": arguments.optional(arguments.path),
+    "batch_size": arguments.optional(arguments.at_least(1)),
+    "precision": arguments.one_of(PRECISIONS),
+    # ranges and the address's form: `Cluster.check`, run on construction
+    "coordinator_address": arguments.optional(arguments.name),
+    "num_processes": arguments.whole_number,
+    "process_id": arguments.whole_number,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +241,9 @@ def validate(request: Request) -> Plan:
     and channels, method, colormap, output folder, stimulus list and every image, weights --
     and read the stimulus list and the weights. UsageError on the first problem. No JAX."""
     from jaxsal.models import get_net_spec
+    from jaxsal.render.figures import CHANNELS_PER_FIGURE, STIMULI_PER_FIGURE
     from jaxsal.stimuli import read_stim_csv
     from jaxsal.weights import check_layer_weights, load_weights
-
-    from jaxsal.render.figures import CHANNELS_PER_FIGURE, STIMULI_PER_FIGURE
 
     r = request
     spec = get_net_spec(r.net)

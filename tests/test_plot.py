@@ -83,7 +83,7 @@ class InlinePool:
         self.jobs = []
 
     def submit(self, fn, *args):
-        if fn is pipeline.render_timed:
+        if fn is render.render_job:
             self.jobs.append(args[0])
         future = concurrent.futures.Future()
         future.set_result(fn(*args))
@@ -105,7 +105,7 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
                 mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, out=tmp_path / "out", overlay=overlay)
 
     def iter_blocks(net, inputs, layer, chans, method, *, size, block, precision, values,
-                    batches):
+                    batches, reporter=None):
         assert tuple(chans) == tuple(channels) and batches is None and not values
         done, batch = 0, []
         for x in inputs:  # batches of `size` = 4: figures complete across batch boundaries
@@ -274,7 +274,7 @@ RGB = random_maps(2, 2, maps_2d=False)
      "unknown colormap for cmap: 'coolwram'; did you mean coolwarm"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], vmin=200, vmax=100), "vmin (200.0) is larger"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], vmin="a"), "vmin must be a number"),
-    (lambda im: jaxsal.plot(RGB, im, [1, 2], vmax=float("nan")), "vmax must be a number"),
+    (lambda im: jaxsal.plot(RGB, im, [1, 2], vmax=float("nan")), "vmax must be a finite number"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], overlay=True), "pass net="),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], net="AlexNett"), "unknown network 'AlexNett'"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], net=42), "net must be a jaxsal Net"),

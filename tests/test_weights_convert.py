@@ -353,3 +353,38 @@ def test_tiny_cli_convert_into_cache_then_found_and_deterministic(tiny_torch_che
     umask = os.umask(0o022)
     os.umask(umask)
     assert again.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file, not a 0600 temp file
+
+
+def _old_tiny_key(key: str) -> str:  # module level: a NetSpec's fields stay hashable
+    return key.replace("features.", "old_features.")
+
+
+def _rename_old_tiny_key(key: str) -> str:
+    return key.replace("old_features.", "features.")
+
+
+def test_a_descriptions_key_rename_hook_reads_checkpoints_with_old_module_names(
+        tiny_torch_checkpoint):
+    """`WeightSource.rename_torch_key` maps a published checkpoint's old key names to the
+    description's (as torchvision's DenseNet loader does with a regex): the converter applies
+    it, with no network's knowledge in jaxsal.weights; two keys that rename to one are refused."""
+    import dataclasses
+
+    import tiny_net
+
+    from jaxsal.weights.conversion import convert_state_dict
+
+    _, state = tiny_torch_checkpoint
+    old = {_old_tiny_key(k): v for k, v in state.items()}
+    with pytest.raises(UsageError, match="missing keys"):
+        convert_state_dict(tiny_net.TINY, old, source_file="t.pth", source_sha256="0" * 64)
+    spec = dataclasses.replace(tiny_net.TINY, weights=dataclasses.replace(
+        tiny_net.TINY.weights, rename_torch_key=_rename_old_tiny_key))
+    params, _ = convert_state_dict(spec, old, source_file="t.pth", source_sha256="0" * 64)
+    expected, _ = convert_state_dict(tiny_net.TINY, state, source_file="t.pth",
+                                     source_sha256="0" * 64)
+    assert params.keys() == expected.keys()
+    assert all(np.array_equal(params[k], expected[k]) for k in params)
+    both = {**old, "features.0.weight": state["features.0.weight"]}
+    with pytest.raises(UsageError, match="two checkpoint keys are both 'features.0.weight'"):
+        convert_state_dict(spec, both, source_file="t.pth", source_sha256="0" * 64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable
 
 from jaxsal.channels import expand_channels, parse_channels
 from jaxsal.errors import UsageError
@@ -38,13 +39,19 @@ class WeightSource:
     files: published checkpoint names, newest first (torchvision's carry their sha256 prefix);
     url: download URL of the first; original: the file name DNNBrain loads from
     `$DNNBRAIN_DATA/models`; bundled: a file of the package's weights/ folder, or None;
-    ignored_torch_keys: key prefixes of a checkpoint that jaxsal does not use (aux heads)."""
+    ignored_torch_keys: key prefixes of a checkpoint that jaxsal does not use (aux heads);
+    rename_torch_key: a module-level function from a key of a published checkpoint to the key
+    the description uses, for checkpoints saved under older module names (torchvision fixes
+    those in its own loaders, e.g. DenseNet's `norm.1` -> `norm1`); None: keys are used as they
+    are. The converter applies it before matching keys, so no network's quirks live in
+    `jaxsal.weights`."""
 
     files: tuple[str, ...]
     url: str | None
     original: str
     bundled: str | None = None
     ignored_torch_keys: tuple[str, ...] = ()
+    rename_torch_key: Callable[[str], str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,17 +56,29 @@ LAYOUT_RULES = {
 
 
 def _used_keys(spec: NetSpec, state_dict: dict) -> dict:
-    """The state_dict without what jaxsal never uses: batch-norm counters, auxiliary heads."""
-    return {k: v for k, v in state_dict.items()
-            if not k.endswith("num_batches_tracked")
-            and not k.startswith(spec.weights.ignored_torch_keys)}
+    """The state_dict under the description's key names (`WeightSource.rename_torch_key`),
+    without what jaxsal never uses: batch-norm counters, auxiliary heads."""
+    rename = spec.weights.rename_torch_key or (lambda key: key)
+    used = {}
+    for key, value in state_dict.items():
+        key = rename(key)
+        if key.endswith("num_batches_tracked") or key.startswith(spec.weights.ignored_torch_keys):
+            continue
+        if key in used:
+            raise ValueError(f"two checkpoint keys are both {key!r} once renamed")
+        used[key] = value
+    return used
 
 
 def identify(state_dict: dict) -> str | None:
     """The registered network whose torchvision keys the state_dict holds exactly, if any."""
     for name in models.names():
         spec = models.get_net_spec(name)
-        if set(_used_keys(spec, state_dict)) == {p.torch_key for p in spec.params}:
+        try:
+            used = _used_keys(spec, state_dict)
+        except ValueError:  # its renaming does not fit these keys: not this network
+            continue
+        if set(used) == {p.torch_key for p in spec.params}:
             return name
     return None
 
@@ -95,10 +107,16 @@ def from_torchvision(spec: NetSpec, state_dict: dict[str, np.ndarray]) -> dict[s
 
 
 def convert_state_dict(
-    spec: NetSpec, state_dict: dict[str, np.ndarray], *, source_file: str, source_sha256: str
+    spec: NetSpec, state_dict: dict[str, np.ndarray], *, source_file: str, source_sha256: str,
+    where: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(params, provenance metadata) from a torchvision state_dict of numpy arrays."""
-    for key, arr in _used_keys(spec, state_dict).items():
+    """(params, provenance metadata) from a torchvision state_dict of numpy arrays. `where`
+    names the file in messages (default: `source_file`)."""
+    try:
+        used = _used_keys(spec, state_dict)
+    except ValueError as e:
+        raise UsageError(f"{source_file}: {e}") from None
+    for key, arr in used.items():
         if not np.issubdtype(arr.dtype, np.floating):
             raise UsageError(f"{source_file}: tensor {key} is {arr.dtype}, not floating point")
     try:
@@ -114,7 +132,7 @@ def convert_state_dict(
             f"Use {' or '.join(spec.weights.files)} ({spec.weights.url})"
         ) from None
     params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
-    validate_params(spec, params, source_file)
+    validate_params(spec, params, where or source_file)
     origin = "torchvision " if source_file in spec.weights.files else ""
     metadata = {
         "format": FORMAT,
@@ -135,7 +153,8 @@ def _read_checked(spec: NetSpec, src: pathlib.Path) -> tuple[dict[str, np.ndarra
     sha = sha256_file(src)
     check_name_hash(src, sha)
     state_dict = read_torch_checkpoint(src)
-    return convert_state_dict(spec, state_dict, source_file=src.name, source_sha256=sha)
+    return convert_state_dict(spec, state_dict, source_file=src.name, source_sha256=sha,
+                              where=str(src))
 
 
 def load_torch_weights(spec: NetSpec, src: str | os.PathLike) -> Weights:
