@@ -3,7 +3,8 @@
 
 Runs the command once per size on N stimuli -- the bundled example photos repeated to N rows
 of a .stim.csv -- with every channel of a layer and the zarr map store, and samples the resident
-memory (RSS) of its whole process tree (the command AND its figure workers) every 50 ms. The
+memory (RSS) of its whole process tree (the command AND its figure workers) every 50 ms
+(scripts/peak_rss.py). The
 peak should not grow with N: decoding runs a bounded distance ahead, figures are drawn and
 forgotten, maps go to the store shard by shard.
 
@@ -27,59 +28,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
 EXAMPLES = REPO / "examples"
 JSON_PREFIX = "MEMORY_JSON "
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def tree_rss(root: int) -> tuple[int, int, int]:
-    """(bytes resident in `root` and all its descendants, in `root` alone, processes counted)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)  # ppid is field 4 (index 1 here)
-        rss[pid] = int(fields[21]) * PAGE  # rss in pages is field 24 (index 21 here)
-    total, count, todo = 0, 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        count += 1
-        todo.extend(children.get(pid, []))
-    return total, rss.get(root, 0), count
-
-
-class Sampler(threading.Thread):
-    """Samples the process tree's RSS until stopped; keeps the peaks."""
-
-    def __init__(self, pid: int, every: float = 0.05):
-        super().__init__(daemon=True)
-        self.pid, self.every = pid, every
-        self.peak_tree = self.peak_main = self.max_processes = 0
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            tree, main, count = tree_rss(self.pid)
-            self.peak_tree = max(self.peak_tree, tree)
-            self.peak_main = max(self.peak_main, main)
-            self.max_processes = max(self.max_processes, count)
-            time.sleep(self.every)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
+sys.path.insert(0, str(HERE))
+import peak_rss  # noqa: E402  (the process tree's sampling)
 
 
 def write_stim(folder: pathlib.Path, n: int, stimuli: str) -> pathlib.Path:
@@ -122,24 +77,17 @@ def measure(n: int, args, folder: pathlib.Path) -> dict:
     argv = [*prefix, "-net", args.net, "-layer", args.layer, "-chn", args.chn, "-stim",
             str(write_stim(folder, n, args.stimuli)), "-out", str(out), "-save_maps", "-maps_format", "zarr",
             *extra, *(["-maps_reduce", args.reduce] if args.reduce else [])]
-    env = dict(os.environ, MPLBACKEND="Agg")
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    sampler = Sampler(proc.pid)
-    sampler.start()
-    _, err = proc.communicate()
-    sampler.stop()
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"the command failed (exit {proc.returncode}):\n{err}")
+    with open(folder / f"err{n}.txt", "w+") as err:
+        result = peak_rss.measure(argv, 0.05, env=dict(os.environ, MPLBACKEND="Agg"),
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        if result["returncode"] != 0:
+            err.seek(0)
+            raise SystemExit(f"the command failed (exit {result['returncode']}):\n{err.read()}")
     store = out / f"{args.net}_{args.layer}_maps.zarr"
     disk = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
     if not args.keep:
         shutil.rmtree(out)
-    return {"stimuli": n, "peak_tree_mb": sampler.peak_tree / 2**20,
-            "peak_main_mb": sampler.peak_main / 2**20, "max_processes": sampler.max_processes,
-            "seconds": seconds, "store_mb": disk / 2**20, "argv": argv}
+    return {"stimuli": n, "store_mb": disk / 2**20, **result}
 
 
 def main(argv=None) -> dict:
@@ -162,7 +110,7 @@ def main(argv=None) -> dict:
           f"{'seconds':>8} {'store MB':>9}")
     for r in rows:
         print(f"{r['stimuli']:>8} {r['peak_tree_mb']:>13.0f} {r['peak_main_mb']:>13.0f} "
-              f"{r['max_processes']:>10} {r['seconds']:>8.1f} {r['store_mb']:>9.0f}")
+              f"{r['peak_processes']:>10} {r['wall_s']:>8.1f} {r['store_mb']:>9.0f}")
     report = {"rows": rows, "growth": rows[-1]["peak_tree_mb"] / rows[0]["peak_tree_mb"] - 1}
     print(f"peak tree RSS, {rows[-1]['stimuli']} vs {rows[0]['stimuli']} stimuli: "
           f"{100 * report['growth']:+.1f} %")
