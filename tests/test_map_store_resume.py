@@ -9,7 +9,6 @@ import hashlib
 import os
 import pathlib
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -135,15 +134,14 @@ def test_a_file_size_limit_while_saving_the_npz_is_one_line_and_leaves_nothing(c
     test_map_store.py): 130 stimuli x 16 maps of 12 KiB = 25 MiB against a 4 MiB limit."""
     folder, env, args = case
     out = folder / "limited"
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a signal
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
-
+    # The limit is set by a fresh interpreter that then becomes the command (no fork of this
+    # multithreaded process); SIGXFSZ ignored, so that write() fails with EFBIG instead.
+    limit = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20)); "
+             "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
     args = [a for a in args if a not in ("-maps_format", "zarr")]
-    done = subprocess.run([sys.executable, str(TINY_SCRIPT), *args, "-out", str(out)], cwd=folder,
-                          env=env, capture_output=True, text=True, timeout=600,
-                          preexec_fn=limit)
+    done = subprocess.run([sys.executable, "-c", limit, str(TINY_SCRIPT), *args, "-out", str(out)],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1] == (
         f"dnn_saliency: error: cannot write {out / 'TinyNet_conv3_maps.npz'}: File too large")
