@@ -227,15 +227,17 @@ class FigureAssembly:
         columns = [j for j, i in enumerate(indices) if i in self._shown]
         if not rows or not columns:
             return
+        selected = maps[: len(rows)]  # a view; a copy only when some stimuli are not drawn
+        if len(columns) < len(indices):
+            selected = selected[:, columns]
         t = time.perf_counter()
-        images, constant = display_maps(maps[: len(rows)][:, columns], plan.mode,
-                                        plan.method.info.maps_2d)
+        images, constant = display_maps(selected, plan.mode, plan.method.info.maps_2d)
         self.seconds += time.perf_counter() - t
         for col, j in enumerate(columns):
             i = indices[j]
-            shown = self._displays.setdefault(i, [None] * len(drawn))
+            displays = self._displays.setdefault(i, [None] * len(drawn))
             for r, c in enumerate(rows):
-                shown[c] = images[r, col]
+                displays[c] = images[r, col]
                 if constant[r, col]:
                     self.reporter.warn(f"the map of channel {drawn[c]} for stimulus "
                                        f"{plan.stimuli.ids[i]!r} is constant (the channel does "
