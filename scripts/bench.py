@@ -1215,7 +1215,7 @@ def all_units_torch(net_name: str, layer: str, n_images: int, repeats: int) -> d
         x = nchw.detach().requires_grad_(True)
         a = net.forward_to(x, layer)
         for c in range(1, k + 1):
-            torch.autograd.grad(torch_baselines._target(a, c).sum(), x, retain_graph=c < k)
+            torch.autograd.grad(torch_baselines._target(net, a, c).sum(), x, retain_graph=c < k)
 
     t = time.perf_counter()
     every_unit()
