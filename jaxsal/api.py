@@ -5,6 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxsal import arguments
 from jaxsal.batching import iter_saliency
 from jaxsal.errors import UsageError
 from jaxsal.methods import Method, as_method, check_precision, resolve
@@ -48,6 +49,13 @@ def saliency(
     Returns float32 (n_channels, n_images, 3, S, S), attributions with respect to the normalized
     input (S = the net's input size); for gradcam (n_channels, n_images, S, S), non-negative.
     """
+    if not isinstance(net, Net):
+        raise UsageError(f"net must be a jaxsal Net (from jaxsal.load_net), got "
+                         f"{type(net).__name__}")
+    images = arguments.image_list("images", images)
+    layer = arguments.name("layer", layer)
+    channels = arguments.channel_numbers("channels", channels)
+    batch_size = arguments.optional(arguments.at_least(1))("batch_size", batch_size)
     method = resolve(as_method(method, smooth=smooth, noise=noise, seed=seed, baseline=baseline,
                                ig_steps=ig_steps, ig_rule=ig_rule, cam_layer=cam_layer),
                      net.spec, layer)

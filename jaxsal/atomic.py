@@ -11,7 +11,9 @@ import pathlib
 import secrets
 from typing import Iterator
 
-__all__ = ["atomic_path", "write_bytes_atomically"]
+from jaxsal.errors import OutputError
+
+__all__ = ["atomic_path", "output_error", "write_bytes_atomically"]
 
 
 @contextlib.contextmanager
@@ -42,11 +44,21 @@ def atomic_path(dst: str | os.PathLike) -> Iterator[pathlib.Path]:
         raise
 
 
+def output_error(dst: str | os.PathLike, error: OSError) -> OutputError:
+    """The one-line error for an output that could not be written: the final file's name (not
+    the temporary one's) and the system's reason, e.g. "No space left on device"."""
+    return OutputError(f"cannot write {os.fspath(dst)}: {error.strerror or error}")
+
+
 def write_bytes_atomically(dst: str | os.PathLike, data) -> pathlib.Path:
     """Writes ``data`` (bytes or any buffer) to ``dst`` through :func:`atomic_path`; returns
-    ``dst`` as a Path."""
+    ``dst`` as a Path. A failed write (a full disk, a folder removed) raises
+    :class:`jaxsal.errors.OutputError` naming ``dst``; no temporary file is left."""
     dst = pathlib.Path(dst)
-    with atomic_path(dst) as tmp:
-        with open(tmp, "xb") as f:
-            f.write(data)
+    try:
+        with atomic_path(dst) as tmp:
+            with open(tmp, "xb") as f:
+                f.write(data)
+    except OSError as e:
+        raise output_error(dst, e) from None
     return dst

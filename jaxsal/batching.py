@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Iterable, Iterator, Sequence
 
 import jax
@@ -21,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxsal.core import compiled_saliency
 from jaxsal.errors import UsageError
 from jaxsal.net import Net
+from jaxsal.reporting import Reporter
 from jaxsal.request import check_batch_size
 
 # Largest batch worth using per platform: beyond it throughput stops growing (CPU caches) while
@@ -102,8 +102,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 class _Batcher:
     """Dispatches fixed-size, padded, sharded batches; shrinks the size on out-of-memory."""
 
-    def __init__(self, fn, params, channels0, size: int, mesh: Mesh):
-        self.fn, self.size, self.mesh = fn, size, mesh
+    def __init__(self, fn, params, channels0, size: int, mesh: Mesh, reporter: Reporter):
+        self.fn, self.size, self.mesh, self.reporter = fn, size, mesh, reporter
         self.n_dev = mesh.devices.size
         self.images_sharding = NamedSharding(mesh, PartitionSpec("batch"))
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -138,8 +138,7 @@ class _Batcher:
                         "out of device memory even with one image per device; use a smaller "
                         "target layer, fewer channels, or a device with more memory") from None
                 self.size = max(self.n_dev, (self.size // 2) // self.n_dev * self.n_dev)
-                print(f"jaxsal: out of device memory; retrying with batch size {self.size}",
-                      file=sys.stderr)
+                self.reporter.info(f"out of device memory; retrying with batch size {self.size}")
                 started = self.dispatch(batch)
 
 
@@ -153,13 +152,16 @@ def iter_saliency(
     n_images: int,
     batch_size: int | None = None,
     precision: str = "highest",
+    reporter: Reporter | None = None,
 ) -> Iterator[np.ndarray]:
     """Stream maps batch by batch: yields float32 (K, b, ...) maps for each consecutive batch of
     `inputs` (normalized (S, S, 3) float32 arrays), b = the real images in that batch. The
-    arguments are checked by the caller (`jaxsal.saliency`, `jaxsal.request.validate`)."""
+    arguments are checked by the caller (`jaxsal.saliency`, `jaxsal.request.validate`).
+    `reporter` gets the out-of-memory retry line (default: `jaxsal: ...` on stderr)."""
     fn = compiled_saliency(net.spec, layer, method, precision)
     size = pick_batch_size(n_images, batch_size, net, layer, len(channels))
-    batcher = _Batcher(fn, net.params, np.asarray(channels, np.int32) - 1, size, device_mesh())
+    batcher = _Batcher(fn, net.params, np.asarray(channels, np.int32) - 1, size, device_mesh(),
+                       Reporter() if reporter is None else reporter)
     pending = None
     for batch in _batches(inputs, size):
         started = (batch, batcher.dispatch(batch))

@@ -11,12 +11,16 @@ import time: the figure workers are spawned processes that re-import the entry m
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
-from typing import Sequence
+import warnings
+from typing import Callable, Sequence
 
 from absl import flags
 
@@ -102,39 +106,45 @@ _INT = re.compile(r"^[+-]?\d+$")
 _HELP = {"-h", "--h", "-help", "--help", "-?", "--helpfull", "-helpfull", "--helpshort"}
 
 
-def define_flags() -> flags.FlagValues:
-    """The command's flags, on a private FlagValues (no global absl state)."""
+def define_flags(rows: Sequence[Flag] = FLAGS) -> flags.FlagValues:
+    """A command's flags (this one's by default), on a private FlagValues (no global absl
+    state)."""
     fv = flags.FlagValues()
-    for flag in FLAGS:
+    for flag in rows:
         define = getattr(flags, f"DEFINE_{flag.kind}")
         define(flag.name, flag.default_value, flag.help_text, flag_values=fv)
     return fv
 
 
-def _synopsis_item(item: str) -> str:
+def _synopsis_item(item: str, by_name: dict[str, Flag]) -> str:
     names = item.split("+")
-    words = " ".join(BY_NAME[name].synopsis() for name in names)
-    return words if len(names) == 1 and BY_NAME[names[0]].required else f"[{words}]"
+    words = " ".join(by_name[name].synopsis() for name in names)
+    return words if len(names) == 1 and by_name[names[0]].required else f"[{words}]"
 
 
-def synopsis() -> str:
-    """The usage line(s) and the description, as the original's argparse lays them out."""
-    head = f"usage: {PROG} "
-    lines = [" ".join(_synopsis_item(item) for item in line.split()) for line in SYNOPSIS_LINES]
+def synopsis(rows: Sequence[Flag] = FLAGS, lines: Sequence[str] = SYNOPSIS_LINES,
+             prog: str = PROG, description: str = DESCRIPTION) -> str:
+    """The usage line(s) and the description, as the original's argparse lays them out (this
+    command's by default; `jaxsal.sanity.command` passes its own)."""
+    by_name = {flag.name: flag for flag in rows}
+    head = f"usage: {prog} "
+    lines = [" ".join(_synopsis_item(item, by_name) for item in line.split()) for line in lines]
     lines[0] = "[-h] " + lines[0]
     body = ("\n" + " " * len(head)).join(lines)
-    return f"{head}{body}\n\n{DESCRIPTION}\n"
+    return f"{head}{body}\n\n{description}\n"
 
 
-def usage_text(fv: flags.FlagValues | None = None) -> str:
-    fv = define_flags() if fv is None else fv
-    lines = [synopsis(), "arguments:"]
-    for flag in FLAGS:
+def usage_text(fv: flags.FlagValues | None = None, rows: Sequence[Flag] = FLAGS,
+               head: str | None = None, examples: str = EXAMPLES) -> str:
+    """-help: the synopsis (`head`), every flag with its help and default, the examples."""
+    fv = define_flags(rows) if fv is None else fv
+    lines = [synopsis() if head is None else head, "arguments:"]
+    for flag in rows:
         default = fv[flag.name].default
         req = " (required)" if flag.required else ""
         shown = "" if default is None or isinstance(default, bool) else f" [default: {default}]"
         lines.append(f"  -{flag.name}{req}: {fv[flag.name].help}{shown}")
-    return "\n".join(lines) + "\n\n" + EXAMPLES
+    return "\n".join(lines) + "\n\n" + examples
 
 
 def join_channel_values(argv: Sequence[str]) -> list[str]:
@@ -165,33 +175,44 @@ class _Help(Exception):
     """-help was asked for: print the text and exit 0."""
 
 
-def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
-    """argv -> parsed flags: -help, unknown flags, bad values, stray arguments, missing flags."""
-    fv = define_flags()
+EXAMPLE_ARGS = "-net AlexNet -layer conv5 -chn 60 125 -stim examples.stim.csv -out out"
+
+
+def parse_flags(argv: Sequence[str], rows: Sequence[Flag] = FLAGS, prog: str = PROG,
+                usage=usage_text, example: str = EXAMPLE_ARGS) -> flags.FlagValues:
+    """argv -> parsed flags: -help, unknown flags, bad values, stray arguments, missing flags.
+    This command's flags by default; another command of the family passes its `rows`, `prog`,
+    `usage(fv)` and an `example` of its arguments."""
+    fv = define_flags(rows)
     args = list(argv[1:])
     if any(a in _HELP for a in args):
-        raise _Help(usage_text(fv))
+        raise _Help(usage(fv))
     try:
-        rest = fv([PROG] + join_channel_values(args))
+        rest = fv([prog] + join_channel_values(args))
     except flags.Error as e:
-        raise UsageError(f"{e} (see {PROG} -help)") from None
+        raise UsageError(f"{e} (see {prog} -help)") from None
     if len(rest) > 1:
-        raise UsageError(f"unexpected argument(s): {' '.join(rest[1:])} (see {PROG} -help)")
-    missing = [f"-{flag.name}" for flag in FLAGS if flag.required and fv[flag.name].value is None]
+        raise UsageError(f"unexpected argument(s): {' '.join(rest[1:])} (see {prog} -help)")
+    missing = [f"-{flag.name}" for flag in rows if flag.required and fv[flag.name].value is None]
     if missing:
-        raise UsageError(f"missing required flag(s): {', '.join(missing)}; e.g. {PROG} -net "
-                         f"AlexNet -layer conv5 -chn 60 125 -stim examples.stim.csv -out out")
+        raise UsageError(f"missing required flag(s): {', '.join(missing)}; e.g. {prog} {example}")
     return fv
+
+
+def channel_numbers(tokens: Sequence[str]) -> list[int]:
+    """-chn's values (strings) -> 1-based channel numbers, as typed (range checks come later)."""
+    channels = []
+    for token in tokens:
+        if not _INT.match(token.strip()):
+            raise UsageError(f"-chn takes whole channel numbers, got {token!r}")
+        channels.append(int(token))
+    return channels
 
 
 def request_from_flags(fv: flags.FlagValues) -> Request:
     """Parsed flags -> Request (which checks what needs no file and no JAX)."""
     values = {flag.target: fv[flag.name].value for flag in FLAGS if flag.of == "request"}
-    channels = []
-    for token in values["channels"]:
-        if not _INT.match(token.strip()):
-            raise UsageError(f"-chn takes whole channel numbers, got {token!r}")
-        channels.append(int(token))
+    channels = channel_numbers(values["channels"])
     given = {flag.name for flag in method_flags.FLAGS if fv[flag.name].present}
     method = method_flags.method_from_flags(
         {flag.name: fv[flag.name].value for flag in method_flags.FLAGS}, given)
@@ -203,54 +224,110 @@ def parse_args(argv: Sequence[str]) -> Request:
     return request_from_flags(parse_flags(argv))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (0 ok, 2 usage/input error, 1 unexpected,
-    130 interrupted)."""
-    global _MULTI_PROCESS
-    argv = list(sys.argv if argv is None else argv)
-    tune_cpu()  # before anything can import JAX (the figure workers never do)
-    start = time.perf_counter()
+class Terminated(BaseException):
+    """SIGTERM: raised in the main thread like KeyboardInterrupt for SIGINT, so that a
+    terminated run unwinds the same way -- figures being drawn are finished, the workers shut
+    down, nothing half-written is left -- and exits with status 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises `Terminated` while the command runs (main thread only; the previous
+    handler is restored after, for callers of `main` in a longer-lived process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        fv = parse_flags(argv)
-        request = request_from_flags(fv)
-        _MULTI_PROCESS = request.cluster.is_multi
-        report = run_pipeline(request, compilation_cache=True, started=start,
-                              reporter=Reporter(PROG))
-    except _Help as h:
-        print(str(h), end="")
-        return 0
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback
-        traceback.print_exc()
-        print(f"{PROG}: internal error (this is a bug in jaxsal, not in your input); please "
-              f"report it with the traceback above", file=sys.stderr)
-        return 1
-    if fv.profile:
-        print(report.timings.report(PROG), file=sys.stderr)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_to(reporter: Reporter):
+    """Python warnings raised during the run (jaxsal's own, e.g. about weights, or a library's)
+    become the command's one-line `dnn_saliency: warning: ...`."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: reporter.warn(str(message))
+        yield
+
+
+def exit_status(reporter: Reporter, body: Callable[[], None]) -> int:
+    """Run a command's `body` (this one's, or another of the family's: dnn_saliency_check) with
+    SIGTERM unwinding and warnings as the reporter's lines; its exit status: 0 ok, 2
+    usage/input/output error (one line), 1 unexpected (our bug: the traceback), 130 interrupted
+    (SIGINT), 143 terminated (SIGTERM). -help prints the usage, status 0."""
+    with _sigterm_unwinds(), _warnings_to(reporter):
+        try:
+            body()
+        except _Help as h:
+            print(str(h), end="")
+            return 0
+        except UsageError as e:
+            reporter.error(str(e))
+            return 2
+        except KeyboardInterrupt:
+            reporter.end_live()
+            reporter.info("interrupted")
+            return 130
+        except Terminated:
+            reporter.end_live()
+            reporter.info("terminated")
+            return 143
+        except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback
+            reporter.end_live()
+            traceback.print_exc()
+            reporter.info("internal error (this is a bug in jaxsal, not in your input); please "
+                          "report it with the traceback above")
+            return 1
     return 0
 
 
-def run() -> int:
-    """Console-script entry point.
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (`exit_status`)."""
+    argv = list(sys.argv if argv is None else argv)
+    tune_cpu()  # before anything can import JAX (the figure workers never do)
+    start = time.perf_counter()
+    reporter = Reporter(PROG)
 
-    A single-process run ends with `os._exit` once its output is flushed and every file is
-    closed: tearing JAX's runtime down at interpreter exit is slow (BENCHMARKS.md) and does
-    nothing a finished run needs. Multi-process runs exit normally (jax.distributed shuts down
-    at exit).
-    """
+    def body():
+        global _MULTI_PROCESS
+        fv = parse_flags(argv)
+        request = request_from_flags(fv)
+        _MULTI_PROCESS = request.cluster.is_multi
+        from jaxsal.stimuli import use_own_pixel_limit  # Pillow: only once the flags are sound
+
+        use_own_pixel_limit()
+        report = run_pipeline(request, compilation_cache=True, started=start, reporter=reporter)
+        if fv.profile:
+            print(report.timings.report(PROG), file=sys.stderr)
+
+    return exit_status(reporter, body)
+
+
+def exit_now(rc: int) -> None:
+    """End the process with status `rc` once stdout and stderr are flushed, skipping the
+    interpreter's teardown (JAX's is slow, BENCHMARKS.md, and a finished run needs nothing of
+    it). For single-process runs only: jax.distributed shuts down at a normal exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(rc)
+
+
+def run() -> int:
+    """Console-script entry point: `main`, then `exit_now` unless the run was multi-process."""
     rc = main(sys.argv)
     if not _MULTI_PROCESS:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe: nothing more can be said
-                pass
-        os._exit(rc)
+        exit_now(rc)
     return rc
 
 

@@ -9,9 +9,36 @@ the parts into the one .npz file and removes them.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import pathlib
 
+from jaxsal import arguments
 from jaxsal.errors import UsageError
+
+
+def check_address(address: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT address (an IPv6 host in brackets: [::1]:1234), checked
+    with the other flags: JAX would fail on a malformed one deep inside, after loading."""
+    arguments.name("-coordinator_address", address)
+    usage = (f"-coordinator_address must be HOST:PORT, e.g. 10.0.0.1:1234 or [::1]:1234 "
+             f"(IPv6 in brackets), got {address!r}")
+    if address.startswith("["):
+        host, bracket, port = address[1:].partition("]:")
+        if not bracket or not host:
+            raise UsageError(usage)
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])  # %: a scope, e.g. [fe80::1%eth0]
+        except ValueError:
+            raise UsageError(f"-coordinator_address: {host!r} in brackets is not an IPv6 "
+                             f"address, in {address!r}") from None
+    else:
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or ":" in host or any(c.isspace() for c in host):
+            raise UsageError(usage)
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise UsageError(f"-coordinator_address: the port must be a number in 1..65535, got "
+                         f"{port!r} in {address!r}")
+    return host, int(port)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +52,10 @@ class Cluster:
         return self.num_processes > 1
 
     def check(self) -> "Cluster":
-        if self.num_processes < 1:
-            raise UsageError(f"-num_processes must be at least 1, got {self.num_processes}")
+        arguments.whole_number("-num_processes", self.num_processes, minimum=1)
+        arguments.whole_number("-process_id", self.process_id)
+        if self.coordinator_address is not None:
+            check_address(self.coordinator_address)
         if not 0 <= self.process_id < self.num_processes:
             raise UsageError(f"-process_id must be in 0..{self.num_processes - 1}, got {self.process_id}")
         if self.is_multi and not self.coordinator_address:

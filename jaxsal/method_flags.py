@@ -5,7 +5,7 @@ Which option applies to which method is read from `jaxsal.methods.METHODS` (`smo
 """
 from __future__ import annotations
 
-from typing import Collection, Mapping
+from typing import Collection, Mapping, Sequence
 
 from jaxsal.errors import UsageError
 from jaxsal.methods import METHOD_NAMES, METHODS, Method
@@ -72,3 +72,33 @@ def method_from_flags(values: Mapping[str, object], given: Collection[str]) -> M
         if message.split(" ")[0] in _OPTION_NAMES:  # "ig_steps must be ..." -> "-ig_steps must be ..."
             message = "-" + message
         raise UsageError(message) from None
+
+
+def applies(option: str, meth: str) -> bool:
+    """Whether the option flag `option` is used by -meth `meth` (-noise, -seed: SmoothGrad's)."""
+    return meth in APPLIES_TO.get(option, SMOOTHABLE)
+
+
+def methods_from_flags(names: Sequence[str], values: Mapping[str, object],
+                       given: Collection[str]) -> tuple[Method, ...]:
+    """Several -meth values sharing one set of option flags (dnn_saliency_check -meth
+    vanilla,guided,ig): each option given must apply to at least one of them, and each method
+    gets the options that apply to it (the others at their defaults), checked as
+    `method_from_flags` checks one."""
+    for meth in names:
+        if meth not in METHOD_NAMES:
+            raise UsageError(f"-meth must be a comma-separated list of {', '.join(METHOD_NAMES)}; "
+                             f"got {meth!r}")
+    options = [name for name in given if name in _OPTION_NAMES]
+    for name in options:
+        if not any(applies(name, meth) for meth in names):
+            users = APPLIES_TO.get(name, SMOOTHABLE)
+            raise UsageError(f"-{name} applies to -meth {' or '.join(users)}, not to "
+                             f"{', '.join(names)}")
+    methods = []
+    for meth in names:
+        own = {name for name in options if applies(name, meth)}
+        own_values = {flag.name: values[flag.name] if flag.name in own else flag.default_value
+                      for flag in OPTIONS}
+        methods.append(method_from_flags({**own_values, "meth": meth}, own))
+    return tuple(methods)

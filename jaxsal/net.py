@@ -6,8 +6,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxsal import arguments
 from jaxsal.models import LayerInfo, NetSpec, get_net_spec
 from jaxsal.weights import Weights, check_layer_weights, load_weights
+from jaxsal.xla_config import tune_cpu_on_first_use
 
 
 @dataclasses.dataclass
@@ -51,11 +53,17 @@ def load_net(name: str = "AlexNet", weights=None) -> Net:
     (`jaxsal.weights.load_weights`: $JAXSAL_WEIGHTS, the jaxsal cache, the torch hub cache,
     $DNNBRAIN_DATA, then the bundled file).
     """
-    spec = get_net_spec(name)
+    spec = get_net_spec(arguments.name("name", name))
+    weights = arguments.optional(arguments.path)("weights", weights)
     return net_from_weights(spec, load_weights(spec, weights))
 
 
-def net_from_weights(spec: NetSpec, weights: Weights) -> Net:
-    """A `Net` from weights already read from disk (`jaxsal.weights.load_weights`)."""
+def net_from_weights(spec: NetSpec, weights: Weights, reporter=None) -> Net:
+    """A `Net` from weights already read from disk (`jaxsal.weights.load_weights`).
+
+    Putting the weights on the device starts JAX's backend: jaxsal's CPU tuning is applied
+    just before, if this is the process's first JAX computation
+    (`jaxsal.xla_config.tune_cpu_on_first_use`; `reporter` receives its note, if any)."""
+    tune_cpu_on_first_use(reporter)
     params = jax.tree_util.tree_map(jnp.asarray, nest_params(weights.params))
     return Net(spec=spec, weights=weights, params=params)

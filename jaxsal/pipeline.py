@@ -90,12 +90,12 @@ def decode(path: pathlib.Path, spec, grid: tuple[int, int]) -> tuple:
     input, seconds). The figure's array is `render.display_copy` for a figure of `grid`
     (rows, columns): a large photo is kept only at the size its figure can show."""
     from jaxsal.render import display_copy
-    from jaxsal.stimuli import load_image, preprocess
+    from jaxsal.stimuli import decoded_image, preprocess
 
     t = time.perf_counter()
-    image = load_image(path)
-    shown = display_copy(image, *grid)
-    x = preprocess(image, spec.preprocessing)
+    with decoded_image(path) as image:  # the full image counts against the decoding budget
+        shown = display_copy(image, *grid)
+        x = preprocess(image, spec.preprocessing)
     return shown, x, time.perf_counter() - t
 
 
@@ -140,8 +140,8 @@ class Core:
     fixed-size batches over every local device, the next dispatched before the last is
     fetched). `seconds`: time spent waiting for the device."""
 
-    def __init__(self, plan: Plan, net):
-        self.plan, self.net = plan, net
+    def __init__(self, plan: Plan, net, reporter: Reporter):
+        self.plan, self.net, self.reporter = plan, net, reporter
         self.seconds = 0.0
 
     def maps(self, inputs, n_images: int) -> Iterator:
@@ -151,7 +151,8 @@ class Core:
 
         p = self.plan
         stream = iter_saliency(self.net, inputs, p.layer, p.channels, p.method, n_images=n_images,
-                               batch_size=p.batch_size, precision=p.precision)
+                               batch_size=p.batch_size, precision=p.precision,
+                               reporter=self.reporter)
         while True:
             t = time.perf_counter()
             maps = next(stream, None)
@@ -228,19 +229,20 @@ class FigureAssembly:
 # Stage 4: sinks
 
 
-def render_timed(job) -> tuple[str, float]:
-    """render_figure in a worker, with the seconds it took (for -profile)."""
-    from jaxsal.render import render_figure
-
-    t = time.perf_counter()
-    path = render_figure(job)
-    return path, time.perf_counter() - t
-
-
 class FigureSink:
     """Figure workers (spawned processes, started at once: they import matplotlib while the
     main process imports JAX) draw and write each figure; `Finish: i/n` is printed after each,
-    in figure order, and with -show each is shown then, in the main process."""
+    in figure order, and with -show each is shown then, in the main process.
+
+    Back-pressure: at most `IN_FLIGHT_PER_WORKER` figures per worker wait or are being drawn;
+    with that many pending, `submit` first waits for the oldest, so a run whose maps come faster
+    than figures are drawn does not pile up figure jobs (pictures and display maps) in memory
+    (the npz map writer's memory is `MapSink`'s). The wait
+    costs the device nothing: the next batch is already dispatched when a batch's figures are
+    submitted (`jaxsal.batching.iter_saliency`).
+    """
+
+    IN_FLIGHT_PER_WORKER = 2
 
     def __init__(self, plan: Plan, figures: list[tuple[int, range]], reporter: Reporter):
         from jaxsal import render
@@ -252,32 +254,44 @@ class FigureSink:
         self._pending: collections.deque = collections.deque()  # (future or None, cols, job)
         self._can_show: bool | None = None
         self.pool = None
+        self.max_in_flight = 0
         if plan.out is not None and figures:
             workers = render.default_render_workers()
+            self.max_in_flight = self.IN_FLIGHT_PER_WORKER * workers
             self.pool = render.render_pool(workers)
             n_rows = 1 + len(plan.channels0)
             for _ in range(workers):  # spawn them now: they start up while JAX is imported
                 self.pool.submit(render.warm_up, n_rows, len(figures[0][1]))
 
     def submit(self, cols: range, job) -> None:
-        future = self.pool.submit(render_timed, job) if self.pool else None
+        from jaxsal import render
+
+        while self.pool and len(self._pending) >= self.max_in_flight:
+            self._finish_first(block=True)
+        future = self.pool.submit(render.render_job, job) if self.pool else None
         self._pending.append((future, cols, job))
         self.finish(block=False)
 
     def finish(self, block: bool) -> None:
         """Report the leading figures that are done (all of them, waiting, with `block`)."""
-        while self._pending:
-            future, cols, job = self._pending[0]
-            if future is not None:
-                if not block and not future.done():
-                    break
-                path, secs = future.result()
-                self.seconds += secs
-                self.written.append(pathlib.Path(path))
-            self._pending.popleft()
-            if self.plan.show:
-                self._show(job)
-            self.reporter.finish(cols.stop, self.n_stimuli)
+        while self._pending and self._finish_first(block):
+            pass
+
+    def _finish_first(self, block: bool) -> bool:
+        """Report the first pending figure if it is done (waiting for it with `block`); whether
+        it was. A worker's failure to write it (`jaxsal.errors.OutputError`) is raised here."""
+        future, cols, job = self._pending[0]
+        if future is not None:
+            if not block and not future.done():
+                return False
+            path, secs = future.result()
+            self.seconds += secs
+            self.written.append(pathlib.Path(path))
+        self._pending.popleft()
+        if self.plan.show:
+            self._show(job)
+        self.reporter.finish(cols.stop, self.n_stimuli)
+        return True
 
     def _show(self, job) -> None:
         from jaxsal import render
@@ -386,7 +400,7 @@ class Pipeline:
         plan = self.plan
         if plan.out is not None:
             plan.out.mkdir(parents=True, exist_ok=True)
-        core = Core(plan, net)
+        core = Core(plan, net, self.reporter)
         map_sink = MapSink(plan, self.mine, self.reporter) if plan.save_maps else None
         maps_path = None
         try:
@@ -439,15 +453,33 @@ def _weights_record(weights) -> dict | None:
     return weights_record(weights)
 
 
-def load_net(plan: Plan):
-    """Join the cluster (if any), import JAX and put the weights on the device(s)."""
+def load_net(plan: Plan, reporter: Reporter | None = None):
+    """Tune the CPU if JAX has not started yet, join the cluster (if any), import JAX and put
+    the weights on the device(s)."""
+    from jaxsal.xla_config import tune_cpu_on_first_use
+
+    tune_cpu_on_first_use(reporter)  # before JAX's first computation, which may be the cluster's
     if plan.cluster.is_multi:  # must come before JAX's first computation
         from jaxsal import distributed
 
         distributed.initialize(plan.cluster)
     from jaxsal.net import net_from_weights  # imports JAX: only now that the inputs are sound
 
-    return net_from_weights(plan.spec, plan.weights)
+    return net_from_weights(plan.spec, plan.weights, reporter)
+
+
+def _compilation_cache(reporter: Reporter):
+    """jaxsal's compilation cache (`$JAXSAL_HOME/xla`), enabled; None if it cannot be used
+    (said in one line: it is optional)."""
+    from jaxsal import xla_config
+    from jaxsal.weights import cache_dir
+
+    try:
+        folder = cache_dir() / "xla"
+    except UsageError as e:
+        reporter.warn(f"compilation cache off ({e}); compiling anew each run")
+        return None
+    return xla_config.enable_compilation_cache(folder, reporter)
 
 
 def run(request: Request | Plan, *, compilation_cache: bool = False,
@@ -466,7 +498,9 @@ def run(request: Request | Plan, *, compilation_cache: bool = False,
     script that calls `run` at its top level needs the usual `if __name__ == "__main__":`.
 
     compilation_cache: keep compiled code in the jaxsal cache (`~/.cache/jaxsal/xla`) so a
-      later run starts faster, as the command does; it is a setting of the whole process.
+      later run starts faster, as the command does; it is a setting of the whole process. A
+      folder that cannot be used is one warning; entries are checked against the manifest that
+      runs which finished wrote (`jaxsal.xla_config.CompilationCache`).
     started: `time.perf_counter()` at which the setup time starts (the command passes its own).
     reporter: where the run's lines go (`jaxsal.reporting.Reporter`); default: `Finish: i/n` on
       stdout, `jaxsal: ...` lines on stderr (the command passes its `dnn_saliency` one).
@@ -476,14 +510,12 @@ def run(request: Request | Plan, *, compilation_cache: bool = False,
         raise UsageError(f"jaxsal.run takes a jaxsal.Request, got {type(request).__name__}")
     plan = request if isinstance(request, Plan) else validate(request)
     with Pipeline(plan, reporter) as pipeline:
-        net = load_net(plan)
-        if compilation_cache:
-            from jaxsal import xla_config
-            from jaxsal.weights import cache_dir
-
-            xla_config.enable_compilation_cache(cache_dir() / "xla")
+        net = load_net(plan, pipeline.reporter)
+        cache = _compilation_cache(pipeline.reporter) if compilation_cache else None
         setup = time.perf_counter() - start
         report = pipeline.execute(net)
+        if cache is not None:
+            cache.seal()  # only a run that finished vouches for the entries it wrote
     report.timings.setup = setup
     report.timings.total = time.perf_counter() - start
     return report

@@ -17,15 +17,13 @@ matplotlib-inline 0.2.2.
 from __future__ import annotations
 
 import numbers
-import os
 import warnings
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 
-from jaxsal import render
+from jaxsal import arguments, render
 from jaxsal.errors import UsageError
 
 __all__ = ["SaliencyFigure", "plot"]
@@ -87,7 +85,8 @@ def plot(maps, images, channels: int | Sequence[int], *, mode: str = "RGB",
     if mode not in render.MODES:
         raise UsageError(f"mode must be {' or '.join(render.MODES)}, got {mode!r}")
     render.check_cmap(cmap, "cmap")
-    vmin, vmax = _check_limit("vmin", vmin), _check_limit("vmax", vmax)
+    bound = arguments.optional(arguments.finite_number)
+    vmin, vmax = bound("vmin", vmin), bound("vmax", vmax)
     if vmin is not None and vmax is not None and vmin > vmax:
         raise UsageError(f"vmin ({vmin}) is larger than vmax ({vmax})")
     preprocessing = None
@@ -150,14 +149,7 @@ def _check_maps(maps, method) -> np.ndarray:
 
 
 def _check_images(images, n_maps: int) -> list:
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        raise UsageError(f"images must be a list of images (got one {type(images).__name__}): "
-                         f"pass [image]")
-    try:
-        images = list(images)
-    except TypeError:
-        raise UsageError(f"images must be a list of paths, PIL images or uint8 arrays; got "
-                         f"{type(images).__name__}") from None
+    images = arguments.image_list("images", images)
     if len(images) != n_maps:
         raise UsageError(f"the maps are of {n_maps} image(s) but {len(images)} image(s) were "
                          f"given: pass the images the maps were computed for, in order")
@@ -185,15 +177,6 @@ def _check_channels(channels, n_channels: int) -> tuple[int, ...]:
         raise UsageError(f"the maps are of {n_channels} channel(s) but {len(channels)} channel "
                          f"number(s) were given: {list(channels)}")
     return tuple(int(c) for c in channels)
-
-
-def _check_limit(name: str, value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise UsageError(f"{name} must be a number (0..255 units of the displayed map) or None; "
-                         f"got {value!r}")
-    return float(value)
 
 
 def _preprocessing(net):

@@ -13,11 +13,11 @@ spelled on the command line; the tables are `jaxsal.cli.FLAGS` and `jaxsal.metho
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import pathlib
 from typing import Callable, Sequence, Union
 
+from jaxsal import arguments
 from jaxsal.distributed import Cluster
 from jaxsal.errors import UsageError
 from jaxsal.methods import PRECISIONS, Method, as_method, resolve
@@ -32,9 +32,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_batch_size(value, name: str = "batch_size") -> int:
     """A batch size: a whole number >= 1 (`name` is how the message spells the option)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise UsageError(f"{name} must be at least 1, got {value}")
-    return int(value)
+    return arguments.whole_number(name, value, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,35 +82,17 @@ class Request:
     process_id: int = 0
 
     def __post_init__(self):
-        for name in ("net", "layer"):
-            if not isinstance(getattr(self, name), str):
-                raise UsageError(f"{name} must be a name (str), got {getattr(self, name)!r}")
-        channels = self.channels
-        if isinstance(channels, (numbers.Number, str)) or not all(
-                isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in channels):
-            raise UsageError(f"channels must be a list of whole channel numbers (1-based), "
-                             f"got {channels!r}")
-        object.__setattr__(self, "channels", tuple(int(c) for c in channels))
+        for field in dataclasses.fields(self):  # types and single values: FIELD_CHECKS
+            check = FIELD_CHECKS[field.name]
+            object.__setattr__(self, field.name, check(f"-{field.name}", getattr(self, field.name)))
         if len(self.channels) > MAX_CHANNELS:
             raise UsageError(f"at most {MAX_CHANNELS} channels at once (got {len(self.channels)}): "
                              f"run the command again for the others")
-        object.__setattr__(self, "method", as_method(self.method))
-        if self.mode not in MODES:
-            raise UsageError(f"-mode must be RGB or gray, got {self.mode!r}")
         if not self.show and self.out is None:
             raise UsageError("nothing would be kept: give -out DIR to save the figures, or -show "
                              "to display them")
         if self.save_maps and self.out is None:
             raise UsageError("-save_maps needs -out DIR (the folder the .npz file is written to)")
-        if self.batch_size is not None:
-            check_batch_size(self.batch_size, "-batch_size")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"-precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("vmin", "vmax"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, numbers.Real)):
-                raise UsageError(f"-{name} must be a number or None, got {value!r}")
         if self.vmin is not None and self.vmax is not None and self.vmin > self.vmax:
             raise UsageError(f"-vmin ({self.vmin}) is larger than -vmax ({self.vmax})")
         self.cluster.check()
@@ -125,6 +105,34 @@ class Request:
     @property
     def cluster(self) -> Cluster:
         return Cluster(self.num_processes, self.process_id, self.coordinator_address)
+
+
+# Each field of a `Request`, its check: `check(name, value) -> value` (`jaxsal.arguments`), run
+# first on construction, so a wrong type or value is one line naming the field. A new field
+# needs its entry here (a test checks that every field has one); checks across fields follow in
+# `Request.__post_init__`, and those needing files, the registry or the layer in `validate`.
+FIELD_CHECKS: dict[str, arguments.Check] = {
+    "net": arguments.name,
+    "layer": arguments.name,
+    "channels": lambda what, value: arguments.channel_numbers("channels", value),
+    "stim": arguments.path,
+    "method": lambda what, value: as_method(value),
+    "mode": arguments.one_of(MODES),
+    "cmap": arguments.name,
+    "vmin": arguments.optional(arguments.finite_number),
+    "vmax": arguments.optional(arguments.finite_number),
+    "overlay": arguments.flag,
+    "show": arguments.flag,
+    "out": arguments.optional(arguments.path),
+    "save_maps": arguments.flag,
+    "weights": arguments.optional(arguments.path),
+    "batch_size": arguments.optional(arguments.at_least(1)),
+    "precision": arguments.one_of(PRECISIONS),
+    # ranges and the address's form: `Cluster.check`, run on construction
+    "coordinator_address": arguments.optional(arguments.name),
+    "num_processes": arguments.whole_number,
+    "process_id": arguments.whole_number,
+}
 
 
 @dataclasses.dataclass(frozen=True)

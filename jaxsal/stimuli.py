@@ -21,11 +21,14 @@ that holds the ``.stim.csv`` file, then under the current working directory; see
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import os
 import pathlib
-from typing import TYPE_CHECKING, Any, Sequence
+import stat
+import threading
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -42,6 +45,7 @@ __all__ = [
     "MAX_LISTED_PROBLEMS",
     "StimulusSet",
     "as_pil",
+    "decoded_image",
     "load_image",
     "read_stim_csv",
     "to_network_input",
@@ -50,6 +54,13 @@ __all__ = [
 
 # At most this many problems are listed in one error message; the rest are counted.
 MAX_LISTED_PROBLEMS = 20
+# A stimulus list larger than this is refused unread (a million rows take about 40 MB).
+MAX_STIM_FILE_BYTES = 64 * 2**20
+# Images with more pixels are refused before any is decoded; the environment variable changes
+# it. The default is Pillow's own hard limit (twice its DecompressionBombWarning threshold),
+# so no image Pillow would decode is refused.
+MAX_IMAGE_PIXELS_ENV = "JAXSAL_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 _SUFFIX = ".stim.csv"
 _STR_COLUMNS = ("stimID", "condition")
@@ -127,15 +138,21 @@ class _Problems:
 def _read_lines(path: pathlib.Path, problems: _Problems) -> list[tuple[int, str]] | None:
     """Returns the non-blank lines as (1-based line number, text); None if unreadable."""
     try:
-        # newline=None: '\n', '\r\n' and '\r' all end a line. utf-8-sig drops a leading BOM,
-        # which would otherwise glue itself to the first header key.
-        with open(path, encoding="utf-8-sig", newline=None) as f:
-            text = f.read()
+        with open_regular(path) as f:
+            too_large = os.fstat(f.fileno()).st_size > MAX_STIM_FILE_BYTES
+            raw = b"" if too_large else f.read(MAX_STIM_FILE_BYTES + 1)  # + 1: still growing?
+        if too_large or len(raw) > MAX_STIM_FILE_BYTES:
+            problems.add(0, f"larger than {MAX_STIM_FILE_BYTES // 2**20} MB, the most a "
+                            "stimulus list may be")
+            return None
+        # utf-8-sig drops a leading BOM, which would otherwise glue itself to the first header
+        # key; '\n', '\r\n' and '\r' all end a line.
+        text = raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         problems.add(0, "file not found")
         return None
-    except IsADirectoryError:
-        problems.add(0, "is a directory, not a .stim.csv file")
+    except NotRegularFile as e:
+        problems.add(0, f"is {e.kind}, not a .stim.csv file (a stimulus list must be a regular file)")
         return None
     except UnicodeDecodeError as e:
         problems.add(0, f"not a UTF-8 text file ({e.reason} at byte {e.start})")
@@ -144,6 +161,40 @@ def _read_lines(path: pathlib.Path, problems: _Problems) -> list[tuple[int, str]
         problems.add(0, f"cannot read the file: {e.strerror or e}")
         return None
     return [(i, line) for i, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
+class NotRegularFile(OSError):
+    """A path names a folder, a FIFO, a device or a socket, where a file's bytes were expected."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(next((k for test, k in _KINDS if test(mode)), "not a regular file"))
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file (symlinks followed); else
+    `NotRegularFile` saying what it is. Why: opening a FIFO blocks until a writer comes, and a
+    device such as /dev/zero never ends; neither is opened (stat first), and the open itself
+    does not block (O_NONBLOCK, then checked with fstat: no race with a swapped file)."""
+    _check_regular(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _check_regular(os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _parse_header(lines, problems: _Problems):
@@ -252,15 +303,11 @@ def _resolve_paths(stim_file: pathlib.Path, path_value: str, ids: Sequence[str])
 
 def _image_problem(path: pathlib.Path) -> str | None:
     """None if :func:`load_image` can load the file; otherwise what is wrong with it."""
-    if not path.exists():
-        return f"image not found: {path}"
-    if not path.is_file():
-        return f"not a file: {path}"
     try:
-        _load(path, draft=True)  # the later real load's code path: every byte decoded, EXIF
+        with decoded_image(path, draft=True):  # the later real load's code path, every byte
+            return None
     except UsageError as e:
         return str(e)
-    return None
 
 
 def read_stim_csv(path: str | os.PathLike, check_images: bool = True) -> StimulusSet:
@@ -366,25 +413,106 @@ def load_image(path_or_pil: str | os.PathLike | Image.Image) -> Image.Image:
     fully loaded image with no open file handle.
 
     Raises:
-      UsageError: the file is missing or is not a decodable image.
+      UsageError: the file is missing, not a regular file, larger than the pixel limit
+        (:func:`max_image_pixels`) or not a decodable image.
     """
     if isinstance(path_or_pil, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(path_or_pil))
-    return _load(pathlib.Path(path_or_pil))
+    with decoded_image(pathlib.Path(path_or_pil)) as image:
+        return image
 
 
-def _load(path: pathlib.Path, draft: bool = False) -> Image.Image:
-    """load_image of a file. ``draft``: decode a JPEG at 1/8 scale (libjpeg's DCT scaling),
-    which still reads and entropy-decodes every byte, so a truncated or corrupt file fails just
-    as in a full decode, for a third of the time -- how every stimulus is checked up front."""
+def max_image_pixels() -> int:
+    """The most pixels an image may have: ``$JAXSAL_MAX_IMAGE_PIXELS``, else
+    `DEFAULT_MAX_IMAGE_PIXELS` (about 179 million, e.g. 13000 x 13000)."""
+    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"{MAX_IMAGE_PIXELS_ENV} must be a whole number of pixels (at least 1), "
+                         f"got {value!r}")
+    return int(value)
+
+
+def use_own_pixel_limit() -> None:
+    """For a process that reads its images through jaxsal only (the command): turn Pillow's
+    decompression-bomb check off, so that jaxsal's limit (`max_image_pixels`), checked on every
+    image before it is decoded, is the only one and its one-line message replaces Pillow's
+    warning. The library never calls it: Pillow's setting is the whole process's."""
+    Image.MAX_IMAGE_PIXELS = None
+
+
+class _PixelBudget:
+    """The pixels of the images being decoded (and handled, until released) at once: at most
+    the pixel limit together, so a thread waits while larger images are in flight; an image
+    alone never waits. Why: the validation's and the run's decoding threads (up to 8) would
+    otherwise hold up to 8 full-size images at once (4.4 GB for four 12000x12000 PNGs); with
+    the budget, memory stays near that of the largest image, whatever the thread count."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._held = 0
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, limit: int) -> Iterator[None]:
+        with self._changed:
+            while self._held and self._held + pixels > limit:
+                self._changed.wait()
+            self._held += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= pixels
+                self._changed.notify_all()
+
+
+_DECODING = _PixelBudget()
+
+
+@contextlib.contextmanager
+def decoded_image(path: pathlib.Path, draft: bool = False) -> Iterator[Image.Image]:
+    """The image at `path` as :func:`load_image` gives it, while its pixels count against the
+    decoding budget (`_PixelBudget`): a caller that reduces it (the pipeline's decoder) holds
+    its share until done. Its size is checked against `max_image_pixels` before any pixel is
+    decoded. ``draft``: decode a JPEG at 1/8 scale (libjpeg's DCT scaling), which still reads
+    and entropy-decodes every byte, so a truncated or corrupt file fails just as in a full
+    decode, for a third of the time -- how every stimulus is checked up front."""
+    limit = max_image_pixels()
     try:
-        with Image.open(path) as opened:
-            if draft and opened.format == "JPEG":
-                opened.draft(None, (max(1, opened.width // 8), max(1, opened.height // 8)))
-            opened.load()
-            return _to_rgb(ImageOps.exif_transpose(opened))
+        f = open_regular(path)
     except FileNotFoundError:
         raise UsageError(f"image not found: {path}") from None
+    except NotRegularFile as e:
+        raise UsageError(f"not a regular file ({e.kind}): {path}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read image {path}: {e.strerror or e}") from None
+    with f:
+        with _decode_errors(path):
+            opened = Image.open(f)
+        width, height = opened.size
+        if width * height > limit:
+            raise UsageError(
+                f"image {path} is {width}x{height} pixels ({width * height:,}), more than the "
+                f"limit of {limit:,} pixels: reduce it, or raise the limit with "
+                f"{MAX_IMAGE_PIXELS_ENV}=<pixels>")
+        if draft and opened.format == "JPEG":
+            with _decode_errors(path):
+                opened.draft(None, (max(1, width // 8), max(1, height // 8)))
+        with _DECODING.hold(opened.size[0] * opened.size[1], limit):
+            with _decode_errors(path):
+                opened.load()
+                ImageOps.exif_transpose(opened, in_place=True)  # in place: no second copy
+                image = _to_rgb(opened)
+            opened = None  # if converted, the original's pixels go now
+            yield image
+
+
+@contextlib.contextmanager
+def _decode_errors(path: pathlib.Path) -> Iterator[None]:
+    """Whatever Pillow raises for a broken file, as one UsageError naming it."""
+    try:
+        yield
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
         raise UsageError(f"cannot decode image {path}: {str(e) or type(e).__name__}") from None
 

@@ -26,6 +26,8 @@ Compile time is jaxsal's first call minus its steady-state call. (a) is timed on
                                             # another network: its default layers (conv13, fc3)
     python scripts/bench.py --ablate        # the "what we tried" variants of jaxsal's core
     python scripts/bench.py --cli           # the end-to-end dnn_saliency command, cold and warm
+    python scripts/bench_api.py             # jaxsal.saliency as imported vs (b), each side in its
+                                            # own process (not in this one: see its docstring)
 
 Prints tables, then one line `BENCH_JSON {...}` with every number (machine-readable).
 """
@@ -54,15 +56,15 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-# jaxsal's verified XLA CPU flags before anything imports JAX (jaxsal.xla_config.tune_cpu),
-# exactly as the dnn_saliency command does at its entry; importing jaxsal alone sets nothing.
 ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # as given to this script
 import jaxsal  # noqa: E402
 import jaxsal.xla_config  # noqa: E402
-
-ADDED_FLAGS = jaxsal.tune_cpu()
-
 import numpy as np  # noqa: E402
+
+# jaxsal's verified XLA CPU flags, set by main() before anything starts JAX
+# (jaxsal.xla_config.tune_cpu), exactly as the dnn_saliency command does at its entry. Importing
+# this module (scripts/bench_api.py does, for its timing helpers) sets nothing.
+ADDED_FLAGS: list[str] = []
 
 JSON_PREFIX = "BENCH_JSON "
 NET = "AlexNet"
@@ -980,7 +982,7 @@ def bench_cli(setup: Setup | None, n_images: int, layer: str, method: str, weigh
         result["help_s"] = t_help if p.returncode == 0 else None
         t_jax, _ = _run_timed([py, "-c", "import jax, jax.numpy"], env, work)
         result["import_jax_s"] = t_jax
-        load = ("import time, jaxsal; t = time.perf_counter(); net = jaxsal.load_net({net_name!r}"
+        load = (f"import time, jaxsal; t = time.perf_counter(); net = jaxsal.load_net({net_name!r}"
                 + (f", weights={weights!r}" if weights else "") + "); "
                 "import jax; jax.block_until_ready(net.params); print(time.perf_counter() - t)")
         t_load, p = _run_timed([py, "-c", load], env, work)
@@ -1188,7 +1190,8 @@ def _cases(spec: str) -> list[tuple[str, str, int]]:
 
 
 def main(argv=None) -> dict:
-    global MAX_FOREIGN
+    global MAX_FOREIGN, ADDED_FLAGS
+    ADDED_FLAGS = jaxsal.tune_cpu()
     args = parse_args(argv)
     MAX_FOREIGN = args.max_foreign
     quiet = args.json_only

@@ -125,7 +125,7 @@ def dnn_saliency(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAXSAL_HOME", str(home / "jaxsal"))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setattr(xla_config, "enable_compilation_cache", lambda folder: None)
+    monkeypatch.setattr(xla_config, "enable_compilation_cache", lambda folder, reporter=None: None)
 
     def run(args, cwd):
         from jaxsal import cli  # imported at the top of this file: see `_cli` there

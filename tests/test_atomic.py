@@ -5,6 +5,7 @@ import os
 import pytest
 
 from jaxsal import atomic
+from jaxsal.errors import OutputError, UsageError
 
 
 def test_write_creates_and_overwrites(tmp_path):
@@ -50,6 +51,10 @@ def test_a_failing_rename_leaves_no_temporary(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space left"):
+    # One line naming the final file (not the temporary one) and the reason: the command prints
+    # it as `dnn_saliency: error: ...`, exit status 2.
+    with pytest.raises(OutputError) as error:
         atomic.write_bytes_atomically(tmp_path / "f.jpg", b"data")
+    assert str(error.value) == f"cannot write {tmp_path / 'f.jpg'}: No space left on device"
+    assert isinstance(error.value, UsageError)
     assert os.listdir(tmp_path) == []

@@ -1,4 +1,5 @@
 """Batching, multi-device sharding, batch-size choice and out-of-memory retry (on TinyNet)."""
+import io
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import tiny_net
 from jaxsal import batching as runner
 from jaxsal.errors import UsageError
 from jaxsal.net import net_from_weights
+from jaxsal.reporting import Reporter
 from jaxsal.weights import Weights
 
 
@@ -120,7 +122,15 @@ def test_out_of_memory_halves_the_batch_and_recomputes(monkeypatch, capsys):
     got = np.concatenate(parts, axis=1)
     assert got.shape == (1, 7, 3, 32, 32)
     assert sizes[0] == 7 and 3 in sizes and sizes[-1] == 1  # 7 -> 3 -> 1 image per call
-    assert "retrying with batch size" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines() == [
+        "jaxsal: out of device memory; retrying with batch size 3",
+        "jaxsal: out of device memory; retrying with batch size 1"]
+    # The line is the run's reporter's (the command's says dnn_saliency: ...).
+    err = io.StringIO()
+    sizes.clear()
+    list(runner.iter_saliency(net, inputs(7), "conv2", [4], "vanilla", n_images=7, batch_size=8,
+                              reporter=Reporter("mytool", stderr=err)))
+    assert err.getvalue().startswith("mytool: out of device memory; retrying with batch size 3\n")
     expected = np.asarray(real_fn(net.params, jnp.asarray(inputs(7)), jnp.asarray([3])))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 

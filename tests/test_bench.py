@@ -2,6 +2,7 @@
 assertions)."""
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -106,3 +107,25 @@ def test_command_end_to_end_mode_runs_the_command_and_prints_json():
     assert any("profile: total" in p for p in run["profile"])
     assert cli["pure_compute_batch_size"] == 3 and len(cli["pure_compute"]) == 1
     assert cli["compilation_cache_entries"] >= 1
+
+
+@pytest.mark.slow
+def test_api_benchmark_runs_each_side_in_its_own_process_and_prints_json():
+    """scripts/bench_api.py: jaxsal.saliency as imported (tuned by jaxsal itself when the tuning
+    applies here) vs PyTorch done well in a process without JAX, on the same maps."""
+    pytest.importorskip("torch")
+    from jaxsal import xla_config
+
+    script = SCRIPT.with_name("bench_api.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_config.OPT_OUT_ENV)}
+    cmd = [sys.executable, str(script), "--layers", "conv1", "--batch", "1", "--repeats", "1",
+           "--rounds", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+    (row,) = json.loads(line[len("BENCH_JSON "):])["rows"]
+    assert row["layer"] == "conv1" and row["ratio_jaxsal_vs_torch"] > 0
+    assert row["parity"]["median_rel_err"] < 1e-5
+    tuned = bool(xla_config.xla_flags_to_add({}, xla_config.jaxlib_version(),
+                                             xla_config.accelerator_plugins_installed()))
+    assert row["jaxsal_tuned"] is tuned

@@ -331,7 +331,7 @@ def test_progress_writes_to_the_current_stderr(tmp_path):
         "new = io.StringIO()\n"
         "with contextlib.redirect_stderr(new):\n"
         "    p = reporting.Progress(2, delay=0.0)\n"
-        "    p.update(2)\n"
+        "    p.update(1)\n"
         "assert 'stimuli' in new.getvalue(), new.getvalue()\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)

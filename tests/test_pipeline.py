@@ -52,7 +52,30 @@ def test_a_reporter_receives_the_runs_lines(tmp_path, tiny_weights, dnn_saliency
     jaxsal.run(tiny_request(tiny_weights, out=tmp_path, save_maps=True),
                reporter=Reporter("mytool", stdout=out, stderr=err))
     assert out.getvalue().splitlines() == ["Finish: 6/7", "Finish: 7/7"]
-    assert err.getvalue().startswith("mytool: maps saved to"), err.getvalue()
+    lines = err.getvalue().replace("\r", "\n").splitlines()
+    assert lines and all(line.startswith("mytool: ") for line in lines), lines
+    assert any(line.startswith("mytool: maps saved to") for line in lines), lines
+
+
+def test_warnings_during_a_run_are_the_commands_one_line_warnings(tmp_path, tiny_weights,
+                                                                  dnn_saliency, headless,
+                                                                  monkeypatch):
+    """Every line of the command goes through its reporter, Python warnings raised during the
+    run included (one line each, not file:line and source). From Python they stay warnings."""
+    import warnings
+
+    real = pipeline.load_net
+
+    def load_net(plan, reporter=None):
+        warnings.warn("something odd about the weights", UserWarning)
+        return real(plan, reporter)
+
+    monkeypatch.setattr(pipeline, "load_net", load_net)
+    done = dnn_saliency(["-net", "TinyNet", "-layer", "conv3", "-chn", "6", "-stim", STIM,
+                         "-weights", tiny_weights, "-show"], cwd=tmp_path)  # -show: no workers
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["dnn_saliency: warning: something odd about the weights",
+                                        "dnn_saliency: cannot show figures: no display"]
 
 
 def test_run_writes_the_commands_figures_and_maps_and_reports_them(tmp_path, tiny_weights,

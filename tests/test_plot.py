@@ -83,7 +83,7 @@ class InlinePool:
         self.jobs = []
 
     def submit(self, fn, *args):
-        if fn is pipeline.render_timed:
+        if fn is render.render_job:
             self.jobs.append(args[0])
         future = concurrent.futures.Future()
         future.set_result(fn(*args))
@@ -104,7 +104,7 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
                 method=resolve(meth, SPEC, "conv5"), stimuli=read_stim_csv(stim), weights=None,
                 mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, out=tmp_path / "out", overlay=overlay)
 
-    def iter_saliency(net, inputs, layer, chans, method, n_images, batch_size, precision):
+    def iter_saliency(net, inputs, layer, chans, method, n_images, batch_size, precision, reporter=None):
         assert n_images == maps.shape[1] and tuple(chans) == tuple(channels)
         done, batch = 0, []
         for x in inputs:  # batches of 4: figures complete across batch boundaries
@@ -272,7 +272,7 @@ RGB = random_maps(2, 2, maps_2d=False)
      "unknown colormap for cmap: 'coolwram'; did you mean coolwarm"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], vmin=200, vmax=100), "vmin (200.0) is larger"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], vmin="a"), "vmin must be a number"),
-    (lambda im: jaxsal.plot(RGB, im, [1, 2], vmax=float("nan")), "vmax must be a number"),
+    (lambda im: jaxsal.plot(RGB, im, [1, 2], vmax=float("nan")), "vmax must be a finite number"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], overlay=True), "pass net="),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], net="AlexNett"), "unknown network 'AlexNett'"),
     (lambda im: jaxsal.plot(RGB, im, [1, 2], net=42), "net must be a jaxsal Net"),

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxsal import atomic, render
-from jaxsal.errors import UsageError
+from jaxsal.errors import OutputError, UsageError
 from jaxsal.render import FigureJob, build_figure, render_figure, save_jpeg, to_display
 from jaxsal.render import fast_redraw, show
 
@@ -303,7 +303,7 @@ def test_save_is_atomic_when_rename_fails(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=r"cannot write .*fig\.jpg: No space left on device$"):
         save_jpeg(fig, tmp_path / "fig.jpg")
     assert sorted(os.listdir(tmp_path)) == ["fig.jpg"]  # no temp file left behind
     assert (tmp_path / "fig.jpg").read_bytes() == b"previous figure"
@@ -328,7 +328,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
         return real_open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", failing_open)
-    with pytest.raises(OSError, match="I/O error"):
+    with pytest.raises(OutputError, match="I/O error"):
         save_jpeg(fig, tmp_path / "fig.jpg")
     monkeypatch.undo()
     assert opened and os.path.dirname(opened[0]) == str(tmp_path)
@@ -345,7 +345,7 @@ def test_save_leaves_nothing_when_drawing_fails(tmp_path, monkeypatch):
 
 def test_save_onto_a_directory_fails_cleanly(tmp_path):
     (tmp_path / "fig.jpg").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"cannot write .*fig\.jpg: Is a directory"):
         render_figure(_job(tmp_path, 1, (1,)))
     assert os.listdir(tmp_path) == ["fig.jpg"] and (tmp_path / "fig.jpg").is_dir()
 

@@ -336,7 +336,7 @@ def test_all_problems_reported_at_once(tmp_path, monkeypatch):
     assert body[4].startswith(f"  line 8: cannot decode image {tmp_path / 'truncated.jpg'}: ")
     assert body[5].startswith("  line 9: 1 value but the data= line (line 3) names 2 columns")
     assert body[6] == f"  line 10: image not found: {tmp_path / 'sub' / 'missing2.png'}"
-    assert body[7] == f"  line 11: not a file: {tmp_path / 'folder.png'}"
+    assert body[7] == f"  line 11: not a regular file (a directory): {tmp_path / 'folder.png'}"
     assert len(body) == 8
     assert not any(str(tmp_path / "ok.png") in line for line in body)  # good images: silent
 
@@ -552,8 +552,10 @@ def test_up_front_check_decodes_jpegs_at_one_eighth_and_still_finds_truncation(t
     Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(data, "JPEG")
     whole = tmp_path / "whole.jpg"
     whole.write_bytes(data.getvalue())
-    assert stimuli._load(whole, draft=True).size == (100, 75)  # the cheap check
-    assert stimuli._load(whole).size == (800, 600)  # the real load is never drafted
+    with stimuli.decoded_image(whole, draft=True) as image:
+        assert image.size == (100, 75)  # the cheap check
+    with stimuli.decoded_image(whole) as image:
+        assert image.size == (800, 600)  # the real load is never drafted
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data.getvalue()[: int(len(data.getvalue()) * keep)])
     assert stimuli._image_problem(whole) is None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -13,6 +14,7 @@ import pytest
 from jaxsal.errors import UsageError
 from jaxsal.weights import read_torch_checkpoint
 from jaxsal.weights.pickles import RefusedGlobal, load_numpy_pickle
+from memory_limit import run_limited
 
 torch = pytest.importorskip("torch")
 
@@ -290,3 +292,126 @@ def test_handmade_checkpoint_and_tampered_records(tmp_path):
     for state in ({"offset": -1000}, (None, {"offset": 10**9}), {"size": (10**6,)}):
         path = handmade_zip(tmp_path, {"w": _Tensor(state)}, "tampered.pth")
         assert "modify a tensor record" in message(path)
+
+
+# --- bombs: refused before they cost memory or time (issue 16) ------------------------------
+
+
+class _Shaped:
+    """Pickles as torch does a tensor of any size and stride over the one storage `_Storage0`."""
+
+    def __init__(self, size, stride):
+        self.size, self.stride = size, stride
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2,
+                (_StorageMarker(), 0, self.size, self.stride, False, collections.OrderedDict()))
+
+
+def crafted_zip(path, obj=None, *, pkl=None, storage=b"\0" * 4, numel=1,
+                compress=zipfile.ZIP_STORED):
+    """A zip checkpoint: `obj` pickled with storage "0" (`numel` float32 elements declared)
+    holding `storage` bytes, or the raw pickle `pkl` as data.pkl."""
+    if pkl is None:
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, protocol=2)
+        pickler.persistent_id = lambda o: (
+            ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(o, _StorageMarker)
+            else None)
+        pickler.dump(obj)
+        pkl = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        info = zipfile.ZipInfo("archive/data/0")
+        info.compress_type = compress
+        with zf.open(info, "w") as record:  # in chunks: a bomb is never whole in memory here
+            for chunk in storage if isinstance(storage, list) else [storage]:
+                record.write(chunk)
+    return path
+
+
+def crafted_legacy(path, obj_pickle: bytes):
+    """A legacy checkpoint whose object pickle is `obj_pickle` (no storages)."""
+    parts = [pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2),
+             pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
+             obj_pickle, pickle.dumps([], protocol=2)]
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def billion_laughs() -> bytes:
+    """41 nested lists, each holding the one below twice: 293 bytes, 2^41 nodes as a tree."""
+    nested: list = []
+    for _ in range(41):
+        nested = [nested, nested]
+    return pickle.dumps(nested, protocol=2)
+
+
+def hashed_laughs(levels: int = 60) -> bytes:
+    """A dict whose key is 60 nested tuples, each holding the one below twice: hashing the key
+    (which unpickling the dict does) visits 2^60 tuples. Written opcode by opcode (building it
+    in Python would hash it)."""
+    out = b"\x80\x02}" + b")q\x00"  # protocol 2, {}, () memoized as 0
+    for i in range(1, levels + 1):  # (m[i-1], m[i-1]) memoized as i
+        out += b"h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"\x86q" + bytes([i])
+    return out + b"K\x01s."  # value 1, SETITEM, STOP
+
+
+BOMBS = {
+    # case: (how to make it, what the message says)
+    "stride-0 tensor of 2^28 elements over 4 bytes": (
+        lambda p: crafted_zip(p, {"w": _Shaped((2**28,), (0,))}), "stride-0 or overlapping"),
+    "stride-0 tensor of 2^32 elements": (
+        lambda p: crafted_zip(p, {"w": _Shaped((2**16, 2**16), (0, 0))}), "17179869184 bytes"),
+    "overlapping strides": (
+        lambda p: crafted_zip(p, {"w": _Shaped((2**15, 2**15), (1, 1))}, storage=b"\0" * 2**18,
+                              numel=2**16), "stride-0 or overlapping"),
+    "deflated record inflating to 64 MiB": (
+        lambda p: crafted_zip(p, {"w": _Shaped((2**24,), (1,))}, storage=[b"\0" * 2**20] * 64,
+                              numel=2**24, compress=zipfile.ZIP_DEFLATED), "is compressed"),
+    "record larger than its storage": (
+        lambda p: crafted_zip(p, {"w": _Shaped((1,), (1,))}, storage=b"\0" * 2**19),
+        "but its storage declares 4"),
+    "billion laughs in data.pkl": (lambda p: crafted_zip(p, pkl=billion_laughs()), "billion laughs"),
+    "billion laughs, legacy format": (lambda p: crafted_legacy(p, billion_laughs()),
+                                      "billion laughs"),
+    "hashed laughs": (lambda p: crafted_zip(p, pkl=hashed_laughs()), "billion laughs"),
+    "nested 100000 deep": (lambda p: crafted_zip(p, pkl=b"\x80\x02" + b"]" * 10**5
+                                                 + b"a" * (10**5 - 1) + b"."), "100 deep"),
+    "a 1 TiB item declared, legacy format": (
+        lambda p: crafted_legacy(p, b"\x80\x04\x8e" + (2**40).to_bytes(8, "little") + b"abc."),
+        "more than the file holds"),
+}
+
+
+def test_bombs_are_refused_at_once_and_cheaply(tmp_path):
+    """Each crafted file (a few hundred bytes to 1 MB) is refused with one line naming it,
+    within a 256 MB address-space allowance and in well under a second each: before the fix,
+    the stride-0 tensor allocated 1 GB (16 GiB for 2^32), the deflated record was accepted at
+    a 2 GB peak, the billion laughs hung the reader."""
+    paths = {}
+    for i, (case, (make, _)) in enumerate(sorted(BOMBS.items())):
+        paths[case] = make(tmp_path / f"bomb{i}.pth")
+        assert paths[case].stat().st_size <= 2**20, case
+    code = (
+        "import time\n"
+        "for case, path in json.loads(sys.argv[1]).items():\n"
+        "    t = time.perf_counter()\n"
+        "    try:\n"
+        "        read_torch_checkpoint(path); text = 'ACCEPTED'\n"
+        "    except UsageError as e:\n"
+        "        text = str(e)\n"
+        "    print(json.dumps([case, text, time.perf_counter() - t]))\n")
+    script_args = json.dumps({case: str(path) for case, path in paths.items()})
+    done, rss = run_limited(code.replace("sys.argv[1]", repr(script_args)), headroom_mb=256,
+                            setup="from jaxsal.errors import UsageError\n"
+                                  "from jaxsal.weights import read_torch_checkpoint",
+                            timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {case: (text, secs) for case, text, secs in
+               map(json.loads, done.stdout.strip().splitlines()[:-1])}
+    assert sorted(results) == sorted(BOMBS)
+    for case, (text, secs) in results.items():
+        assert BOMBS[case][1] in text and str(paths[case]) in text, (case, text)
+        assert "\n" not in text and secs < 2, (case, secs)
+    assert rss < 128, rss

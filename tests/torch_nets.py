@@ -781,6 +781,36 @@ def densenet_published_key(key: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# TinyNet (tests/tiny_net.py): not a published network, so not in NETS
+# --------------------------------------------------------------------------------------------
+
+
+class TinyNet(_Staged):
+    """tests/tiny_net.py's TinyNet, module for module (keys features.0/3/5, classifier.1/3): the
+    torch side of the fast tests' network, e.g. for Quantus in test_sanity_quantus.py."""
+
+    LAYERS = ("conv1", "conv1_relu", "conv1_maxpool", "conv2", "conv2_relu", "conv3",
+              "conv3_relu", "conv3_maxpool", "fc1", "fc1_relu", "fc2")
+    INPUT_SIZE = 32
+
+    def __init__(self, guided: bool = False):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 5, 2, 2), ReLU(guided), nn.MaxPool2d(3, 2),
+            nn.Conv2d(8, 12, 3, 1, 1), ReLU(guided),
+            nn.Conv2d(12, 16, 3, 1, 1), ReLU(guided), nn.MaxPool2d(3, 2),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(16 * 3 * 3, 32), ReLU(guided),
+                                        nn.Linear(32, 10))
+        self._check_layers()
+
+    def _stages(self):
+        f, c = self.features, self.classifier
+        return [*zip(self.LAYERS[:8], f), (None, _flatten), ("fc1", c[1]), ("fc1_relu", c[2]),
+                ("fc2", c[3])]
+
+
+# --------------------------------------------------------------------------------------------
 # Public helpers
 # --------------------------------------------------------------------------------------------
 

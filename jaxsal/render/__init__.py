@@ -37,7 +37,7 @@ from jaxsal.render.figures import (
     save_jpeg,
 )
 from jaxsal.render.fast_redraw import layout_key, render_figure
-from jaxsal.render.pool import default_render_workers, render_pool, warm_up
+from jaxsal.render.pool import default_render_workers, render_job, render_pool, warm_up
 from jaxsal.render.show import can_show, show_figure
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "layout_key",
     "network_image",
     "render_figure",
+    "render_job",
     "render_pool",
     "save_jpeg",
     "show_figure",

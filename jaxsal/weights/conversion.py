@@ -107,9 +107,11 @@ def from_torchvision(spec: NetSpec, state_dict: dict[str, np.ndarray]) -> dict[s
 
 
 def convert_state_dict(
-    spec: NetSpec, state_dict: dict[str, np.ndarray], *, source_file: str, source_sha256: str
+    spec: NetSpec, state_dict: dict[str, np.ndarray], *, source_file: str, source_sha256: str,
+    where: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(params, provenance metadata) from a torchvision state_dict of numpy arrays."""
+    """(params, provenance metadata) from a torchvision state_dict of numpy arrays. `where`
+    names the file in messages (default: `source_file`)."""
     try:
         used = _used_keys(spec, state_dict)
     except ValueError as e:
@@ -130,7 +132,7 @@ def convert_state_dict(
             f"Use {' or '.join(spec.weights.files)} ({spec.weights.url})"
         ) from None
     params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
-    validate_params(spec, params, source_file)
+    validate_params(spec, params, where or source_file)
     origin = "torchvision " if source_file in spec.weights.files else ""
     metadata = {
         "format": FORMAT,
@@ -151,7 +153,8 @@ def _read_checked(spec: NetSpec, src: pathlib.Path) -> tuple[dict[str, np.ndarra
     sha = sha256_file(src)
     check_name_hash(src, sha)
     state_dict = read_torch_checkpoint(src)
-    return convert_state_dict(spec, state_dict, source_file=src.name, source_sha256=sha)
+    return convert_state_dict(spec, state_dict, source_file=src.name, source_sha256=sha,
+                              where=str(src))
 
 
 def load_torch_weights(spec: NetSpec, src: str | os.PathLike) -> Weights:

@@ -87,6 +87,28 @@ def validate_params(spec: NetSpec, params: dict[str, np.ndarray], where: str) ->
             f"{where} does not hold {spec.name} weights in jaxsal layout: {'; '.join(problems)}. "
             "Re-create it with jaxsal-convert from a torchvision checkpoint"
         )
+    check_finite(spec, params, where)
+
+
+def check_finite(spec: NetSpec, params: dict[str, np.ndarray], where: str) -> None:
+    """`UsageError` naming the first tensor, in network order, that holds a NaN or an infinity:
+    such weights give NaN or all-zero maps (black figures), so the run must not start.
+    One pass: a float32 sum is finite exactly when every element is (NaN and inf propagate),
+    ~5 ms for VGG-16's 59 MB; only a non-finite sum (or an overflow) looks element by element."""
+    for p in spec.params:
+        arr = params.get(p.key)
+        if arr is None or np.isfinite(arr.sum()):
+            continue
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            index = np.unravel_index(bad[0], arr.shape)
+            value = arr[index]
+            what = "NaN" if np.isnan(value) else ("+inf" if value > 0 else "-inf")
+            raise UsageError(
+                f"{where}: tensor {p.key} (torch {p.torch_key}) holds {what} at index "
+                f"{tuple(int(i) for i in index)} ({bad.size} non-finite values): such weights "
+                f"give NaN or blank maps; the file is corrupt or its training diverged -- use "
+                f"the official checkpoint")
 
 
 def load_safetensors(spec: NetSpec, path: str | os.PathLike) -> Weights:

@@ -10,7 +10,9 @@ jaxsal's own stand-ins (see `torch_checkpoint`), never the real torch functions.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import pickletools
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -23,6 +25,142 @@ class RefusedGlobal(pickle.UnpicklingError):
         super().__init__(f"refused to load global {module}.{name}")
         self.module = module
         self.name = name
+
+
+class RefusedShape(pickle.UnpicklingError):
+    """The pickle's objects would be far larger or deeper than the pickle itself (nothing was
+    built); the message says how."""
+
+
+# A pickle of N bytes may build objects of at most this many nodes, counted as a tree (a shared
+# object once per reference): a state_dict's pickle stays far below 1 node per byte (a tensor
+# record is ~25 nodes over ~100 bytes), a "billion laughs" pickle (lists of lists, each
+# referenced twice) doubles per level and passes it within a few levels.
+NODES_PER_BYTE = 8
+MAX_DEPTH = 100  # nesting; a state_dict's is under 10
+
+
+class _Node:
+    """An object the pickle builds: its size as a tree and its depth."""
+
+    __slots__ = ("size", "depth")
+
+    def __init__(self, size: int, depth: int):
+        self.size, self.depth = size, depth
+
+
+_MARK = _Node(0, 0)  # a MARK on the dry run's stack
+
+
+def _effect(op) -> tuple[str, int, bool, int]:
+    """(kind, items taken below the mark or in all, takes a mark, items pushed) of an opcode,
+    from pickletools' description of its stack."""
+    before, after = op.stack_before, op.stack_after
+    mark = pickletools.markobject in before
+    below = before.index(pickletools.markobject) if mark else len(before)
+    kind = ("get" if op.name in ("GET", "BINGET", "LONG_BINGET") else
+            "put" if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE") else
+            "mark" if op.name == "MARK" else
+            "same" if op.name in ("DUP", "READONLY_BUFFER") else
+            "grow" if op.name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS",
+                                  "BUILD") else  # the container below, the same object, grown
+            "new" if after else "drop")
+    return kind, below, mark, len(after)
+
+
+_EFFECTS = {op.name: _effect(op) for op in pickletools.opcodes}
+
+
+class _BoundedReader:
+    """The stream as `pickletools.genops` reads it, refusing a read longer than what is left
+    (a length field is a claim: checked before anything of that size is allocated)."""
+
+    def __init__(self, stream, end: int):
+        self._stream, self._end = stream, end
+        self.tell, self.readline = stream.tell, stream.readline
+
+    def read(self, n: int = -1) -> bytes:
+        if n > self._end - self._stream.tell():
+            raise RefusedShape(f"the pickle declares a {n}-byte item, more than the file holds")
+        return self._stream.read(n)
+
+
+def check_pickle_shape(stream) -> None:
+    """Refuse (`RefusedShape`) a pickle whose objects, counted as trees, would be much larger
+    than the pickle (`NODES_PER_BYTE`) or nested deeper than `MAX_DEPTH`, without building any
+    of them: a dry run over its opcodes (linear in its size) that tracks what each builds.
+    Why: shared references let a few hundred bytes describe 2^40 nodes; anything that walks,
+    hashes, prints or copies such an object (the checkpoint reader, a dict key's hash) would
+    hang or exhaust memory. The stream is left where it was."""
+    start = stream.tell()
+    end = stream.seek(0, os.SEEK_END)
+    stream.seek(start)
+    # An in-memory stream's read(n) returns what it holds; a file's would allocate n first.
+    reader = stream if isinstance(stream, io.BytesIO) else _BoundedReader(stream, end)
+    stack: list = []
+    memo: dict = {}
+    try:
+        for op, arg, pos in pickletools.genops(reader):
+            kind, below, mark, pushed = _EFFECTS[op.name]
+            if kind == "mark":
+                stack.append(_MARK)
+                continue
+            if kind == "put":
+                if not stack or stack[-1] is _MARK:
+                    raise RefusedShape("malformed pickle (nothing to memoize)")
+                memo[len(memo) if arg is None else arg] = stack[-1]
+                continue
+            if kind == "get":
+                if arg not in memo:
+                    raise RefusedShape("malformed pickle (a memo key that was never set)")
+                stack.append(memo[arg])
+                continue
+            popped = _pop(stack, below, mark)
+            if kind == "same":
+                stack.extend([popped[0]] * pushed)
+                continue
+            if kind == "grow":
+                node = popped[0]
+                for item in popped[1:]:
+                    node.size += item.size
+                    node.depth = max(node.depth, item.depth + 1)
+                stack.append(node)
+            elif kind == "new":
+                node = _Node(1, 1)
+                for item in popped:
+                    node.size += item.size
+                    node.depth = max(node.depth, item.depth + 1)
+                stack.append(node)
+            else:
+                continue
+            if node.depth > MAX_DEPTH:
+                raise RefusedShape(f"its pickle nests objects more than {MAX_DEPTH} deep, "
+                                   f"which no state_dict does; refused, nothing was built")
+            if node.size > NODES_PER_BYTE * (pos + 1) + 4096:
+                raise RefusedShape(
+                    f"its pickle refers to the same objects over and over: its first {pos + 1} "
+                    f"bytes would build more than {node.size} nodes (a 'billion laughs' pickle), "
+                    f"which no state_dict does; refused, nothing was built")
+    finally:
+        stream.seek(start)
+
+
+def _pop(stack: list, below: int, mark: bool) -> list:
+    """The items an opcode takes off the stack, in stack order: everything above the topmost
+    mark and the mark (if it takes one), then `below` more."""
+    popped: list = []
+    if mark:
+        while stack and stack[-1] is not _MARK:
+            popped.append(stack.pop())
+        if not stack:
+            raise RefusedShape("malformed pickle (no mark)")
+        stack.pop()
+    for _ in range(below):
+        if not stack or stack[-1] is _MARK:
+            raise RefusedShape("malformed pickle (stack underflow)")
+        popped.append(stack.pop())
+    popped.reverse()
+    return popped
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -41,9 +179,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         encoding: str = "utf-8",
     ):
         # Set before super().__init__: the C unpickler looks `persistent_load` up while initialising.
+        self._file = file
         self._allowed = dict(allowed)
         self._persistent_load = persistent_load
         super().__init__(file, encoding=encoding)
+
+    def load(self):
+        """The unpickled object, after `check_pickle_shape` has passed the pickle."""
+        check_pickle_shape(self._file)
+        return super().load()
 
     def find_class(self, module: str, name: str):  # noqa: D102 - see class docstring
         try:

@@ -24,15 +24,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
 import os
 import pathlib
+import reprlib
 import zipfile
 from typing import Any
 
 import numpy as np
 
 from jaxsal.errors import UsageError
-from jaxsal.weights.pickles import RefusedGlobal, RestrictedUnpickler
+from jaxsal.weights.pickles import MAX_DEPTH, RefusedGlobal, RefusedShape, RestrictedUnpickler
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -55,6 +57,21 @@ class CheckpointError(Exception):
     """The file is not a (supported) torch checkpoint; message says why, without the path."""
 
 
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 6, 6, 4, 40, 40
+    return r
+
+
+_short = _bounded_repr().repr
+"""repr of an object from the file, bounded whatever its size or nesting (for messages)."""
+
+# Bytes that materialising tensors may allocate beyond the file's storages: a stride-0 view
+# (`expand`) is stored once and copied out whole, so a legitimate one costs at most a few times
+# its storage; a crafted one would ask for gigabytes from a few bytes.
+COPY_SLACK_BYTES = 64 * 2**20
+
+
 class _Sealed:
     """Refuses the pickle BUILD opcode, which would otherwise overwrite the attributes of the
     allow-listed stand-ins and of the records they return (e.g. a tensor's offset)."""
@@ -73,12 +90,14 @@ class _StorageType(_Sealed):
 
 @dataclasses.dataclass(eq=False)
 class _Storage(_Sealed):
-    """A storage named by a persistent id; `offset`/`numel` select a legacy view of the root."""
+    """A storage named by a persistent id; `offset`/`numel` select a legacy view of the root.
+    `declared`: the root's element count as the persistent id states it."""
 
     key: str
     dtype: np.dtype
     offset: int = 0
     numel: int | None = None
+    declared: int = 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,7 +114,7 @@ def _int_tuple(value, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
-        raise CheckpointError(f"bad tensor {what}: {value!r}")
+        raise CheckpointError(f"bad tensor {what}: {_short(value)}")
     return tuple(value)
 
 
@@ -103,7 +122,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
     if not isinstance(storage, _Storage):
         raise CheckpointError("tensor without a storage")
     if not isinstance(storage_offset, int) or storage_offset < 0:
-        raise CheckpointError(f"bad storage offset {storage_offset!r}")
+        raise CheckpointError(f"bad storage offset {_short(storage_offset)}")
     size = _int_tuple(size, "size")
     stride = _int_tuple(stride, "stride")
     if len(size) != len(stride):
@@ -161,24 +180,29 @@ class _StorageTable:
 
     def __call__(self, pid):
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-            raise CheckpointError(f"unexpected persistent id {str(pid)[:80]}")
+            raise CheckpointError(f"unexpected persistent id {_short(pid)}")
         stype, key = pid[1], pid[2]
         if not isinstance(stype, _StorageType):
-            raise CheckpointError(f"unsupported storage type {stype!r}")
+            raise CheckpointError(f"unsupported storage type {_short(stype)}")
         if not isinstance(key, str):
-            raise CheckpointError(f"bad storage key {key!r}")
+            raise CheckpointError(f"bad storage key {_short(key)}")
+        declared = pid[4]
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared < 0:
+            raise CheckpointError(f"bad element count {_short(declared)} of storage {key}")
         root = self.roots.get(key)
         if root is None:
-            root = self.roots[key] = _Storage(key, stype.dtype)
+            root = self.roots[key] = _Storage(key, stype.dtype, declared=declared)
         elif root.dtype != stype.dtype:
             raise CheckpointError(f"storage {key} used with two dtypes")
+        elif root.declared != declared:
+            raise CheckpointError(f"storage {key} declared with two sizes")
         view = pid[5] if len(pid) == 6 else None
         if view is None:
             return root
         # Legacy view: (view_key, offset, size) into the root storage, in elements.
         if not (isinstance(view, tuple) and len(view) == 3
                 and all(isinstance(v, int) for v in view[1:]) and view[1] >= 0 and view[2] >= 0):
-            raise CheckpointError(f"bad storage view {view!r}")
+            raise CheckpointError(f"bad storage view {_short(view)}")
         return _Storage(key, stype.dtype, offset=view[1], numel=view[2])
 
 
@@ -187,17 +211,39 @@ def _unpickle(stream, storages: _StorageTable | None) -> Any:
     return RestrictedUnpickler(stream, allowed, persistent_load=storages).load()
 
 
-def _materialize(obj: Any, data: dict[str, np.ndarray]) -> Any:
+class _CopyBudget:
+    """Bytes that copying non-contiguous tensors out may still allocate: the storages' own size
+    plus `COPY_SLACK_BYTES`, charged before each copy is made."""
+
+    def __init__(self, data: dict[str, np.ndarray]):
+        self.left = sum(arr.nbytes for arr in data.values()) + COPY_SLACK_BYTES
+
+    def charge(self, nbytes: int, ref: _TensorRef) -> None:
+        if nbytes > self.left:
+            raise CheckpointError(
+                f"a tensor of shape {_short(ref.size)} with strides {_short(ref.stride)} would "
+                f"take {nbytes} bytes from a storage of {ref.storage.declared} elements (a "
+                f"stride-0 or overlapping view far larger than the file): refused")
+        self.left -= nbytes
+
+
+def _materialize(obj: Any, data: dict[str, np.ndarray], budget: _CopyBudget | None = None,
+                 depth: int = 0) -> Any:
     """Replace every `_TensorRef` in the unpickled object by a numpy array (native byte order).
 
-    Contiguous tensors are read-only views of the storage bytes; others are C-contiguous copies.
+    Contiguous tensors are read-only views of the storage bytes; others are C-contiguous copies,
+    within a `_CopyBudget`. The walk is bounded: `RestrictedUnpickler` refused any pickle whose
+    objects, as a tree, are much larger than the pickle, and a cycle stops at `MAX_DEPTH`.
     """
+    budget = _CopyBudget(data) if budget is None else budget
+    if depth > MAX_DEPTH:
+        raise CheckpointError(f"objects nested more than {MAX_DEPTH} deep (or circular)")
     if isinstance(obj, _TensorRef):
-        return _tensor_array(obj, data)
+        return _tensor_array(obj, data, budget)
     if isinstance(obj, dict):
-        return {k: _materialize(v, data) for k, v in obj.items()}
+        return {k: _materialize(v, data, budget, depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v, data) for v in obj)
+        return type(obj)(_materialize(v, data, budget, depth + 1) for v in obj)
     return obj
 
 
@@ -226,7 +272,7 @@ def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _tensor_array(ref: _TensorRef, data: dict[str, np.ndarray]) -> np.ndarray:
+def _tensor_array(ref: _TensorRef, data: dict[str, np.ndarray], budget: _CopyBudget) -> np.ndarray:
     st = ref.storage
     _check_record(ref)
     flat = data[st.key]
@@ -236,22 +282,39 @@ def _tensor_array(ref: _TensorRef, data: dict[str, np.ndarray]) -> np.ndarray:
         flat = flat[st.offset : st.offset + st.numel]
     native = st.dtype.newbyteorder("=")
     if any(n == 0 for n in ref.size):
-        return np.zeros(ref.size, native)
+        return np.zeros(ref.size, native)  # nothing to allocate, whatever the other sizes
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
     if last >= flat.size:
         raise CheckpointError(
             f"tensor of shape {ref.size} reaches element {last} of storage {st.key}, "
             f"which holds {flat.size} (truncated or corrupt file)"
         )
-    count = int(np.prod(ref.size))
+    count = math.prod(ref.size)
     if st.dtype.isnative and ref.stride == _contiguous_strides(ref.size):
         # The common case: a slice of the storage, no copy (read-only, like the bytes it views).
         return flat[ref.offset : ref.offset + count].reshape(ref.size)
+    budget.charge(count * flat.itemsize, ref)  # shape x stride fit the storage; the copy may not
     view = np.lib.stride_tricks.as_strided(
         flat[ref.offset :], shape=ref.size, strides=tuple(s * flat.itemsize for s in ref.stride),
         writeable=False,
     )
     return np.array(view, dtype=native, order="C", copy=True)
+
+
+def _read_record(zf: zipfile.ZipFile, name: str, size: int | None = None) -> bytes:
+    """A zip record's bytes, refused unless stored as torch stores them: uncompressed (a
+    deflated record could inflate a few bytes into gigabytes), within the file, and of the
+    `size` its storage declares."""
+    info = zf.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise CheckpointError(f"record {name} is compressed, which torch never does: refused")
+    if info.header_offset + info.file_size > zf.fp.seek(0, os.SEEK_END):
+        raise CheckpointError(f"record {name} claims {info.file_size} bytes, more than the file "
+                              f"holds (truncated)")
+    if size is not None and info.file_size != size:
+        raise CheckpointError(f"record {name} holds {info.file_size} bytes, but its storage "
+                              f"declares {size}")
+    return zf.read(name)
 
 
 def _read_zip(path: pathlib.Path) -> Any:
@@ -263,19 +326,17 @@ def _read_zip(path: pathlib.Path) -> Any:
                 raise CheckpointError("zip file without a single <top>/data.pkl: not a torch checkpoint")
             prefix = pkls[0][: -len("data.pkl")]
             if prefix + "byteorder" in names:
-                order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+                order = _read_record(zf, prefix + "byteorder").decode("ascii", "replace").strip()
                 if order != "little":
-                    raise CheckpointError(f"byte order {order!r}: only little-endian checkpoints are supported")
+                    raise CheckpointError(f"byte order {_short(order)}: only little-endian checkpoints are supported")
             storages = _StorageTable()
-            obj = _unpickle(io.BytesIO(zf.read(pkls[0])), storages)
+            obj = _unpickle(io.BytesIO(_read_record(zf, pkls[0])), storages)
             data = {}
             for key, st in storages.roots.items():
                 record = f"{prefix}data/{key}"
                 if record not in names:
                     raise CheckpointError(f"storage record {record} is missing")
-                raw = zf.read(record)
-                if len(raw) % st.dtype.itemsize:
-                    raise CheckpointError(f"storage record {record} has a partial element")
+                raw = _read_record(zf, record, st.declared * st.dtype.itemsize)
                 data[key] = np.frombuffer(raw, st.dtype)
             return _materialize(obj, data)
     except zipfile.BadZipFile as e:
@@ -287,7 +348,7 @@ def _read_legacy(path: pathlib.Path) -> Any:
     with open(path, "rb") as f:
         try:
             magic = _unpickle(f, None)
-        except RefusedGlobal:
+        except (RefusedGlobal, RefusedShape):
             raise
         except Exception:
             raise CheckpointError("not a PyTorch checkpoint (neither a zip nor a legacy torch.save file)") from None
@@ -295,7 +356,7 @@ def _read_legacy(path: pathlib.Path) -> Any:
             raise CheckpointError("not a PyTorch checkpoint (a pickle, but without torch's magic number)")
         protocol = _unpickle(f, None)
         if protocol != _LEGACY_PROTOCOL:
-            raise CheckpointError(f"unsupported legacy torch protocol {protocol!r}")
+            raise CheckpointError(f"unsupported legacy torch protocol {_short(protocol)}")
         sys_info = _unpickle(f, None)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointError("big-endian checkpoint: only little-endian checkpoints are supported")
@@ -316,6 +377,9 @@ def _read_legacy(path: pathlib.Path) -> Any:
             nbytes = numel * st.dtype.itemsize
             if numel < 0 or nbytes > size - f.tell():
                 raise CheckpointError(f"storage {key} claims {numel} elements, more than the file holds (truncated)")
+            if numel != st.declared:
+                raise CheckpointError(f"storage {key} holds {numel} elements, but its tensors "
+                                      f"declare {st.declared}")
             data[key] = np.frombuffer(f.read(nbytes), st.dtype)
         missing = set(storages.roots) - set(data)
         if missing:
@@ -332,7 +396,7 @@ def _unwrap_state_dict(obj: Any) -> dict[str, np.ndarray]:
         raise CheckpointError("it does not hold a state_dict (a mapping of names to tensors)")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
     if bad:
-        raise CheckpointError(f"it does not hold a state_dict: entries {bad[:3]} are not tensors")
+        raise CheckpointError(f"it does not hold a state_dict: entries {_short(bad[:3])} are not tensors")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
@@ -366,7 +430,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "which a weights file never needs (nothing was executed); the file is corrupt or "
             "malicious -- use the official torchvision checkpoint"
         ) from None
-    except CheckpointError as e:
+    except (CheckpointError, RefusedShape) as e:
         raise UsageError(f"cannot read {path}: {e}") from None
     except Exception as e:  # any other failure of parsing untrusted bytes
         raise UsageError(
