@@ -73,16 +73,6 @@ def published_densenet(name: str = "Densenet121") -> dict:
             if not k.endswith("num_batches_tracked")}
 
 
-@pytest.mark.parametrize("held,wanted", [("Resnet18", "Resnet34"), ("Resnet34", "Resnet18"),
-                                         ("Densenet121", "Resnet18")])
-def test_a_checkpoint_of_a_sibling_network_is_named(held, wanted):
-    """Same key names, other block counts (ResNet-18 vs 34): refused naming both; a published
-    DenseNet file (old key names) is recognised through its network's rename."""
-    weights = published_densenet() if held == "Densenet121" else state_dict(held)
-    with pytest.raises(UsageError, match=f"holds {held} weights, not {wanted}: use -net {held}"):
-        convert_state_dict(get_net_spec(wanted), weights, source_file="x.pth", source_sha256="0" * 64)
-
-
 def test_published_densenet_keys_are_renamed_by_its_description():
     """densenet121-a639ec97.pth's old key names convert to the same params as today's names:
     the rename is the description's (`WeightSource.rename_torch_key`), not the converter's."""
@@ -95,6 +85,17 @@ def test_published_densenet_keys_are_renamed_by_its_description():
     assert ours.keys() == expected.keys()
     assert all(np.array_equal(ours[k], expected[k]) for k in ours)
     assert spec.weights.rename_torch_key("features.transition1.norm.weight") == "features.transition1.norm.weight"
+
+
+# (in this order, the random state_dicts of state_dict's small cache are reused)
+@pytest.mark.parametrize("held,wanted", [("Densenet121", "Resnet18"), ("Resnet34", "Resnet18"),
+                                         ("Resnet18", "Resnet34")])
+def test_a_checkpoint_of_a_sibling_network_is_named(held, wanted):
+    """Same key names, other block counts (ResNet-18 vs 34): refused naming both; a published
+    DenseNet file (old key names) is recognised through its network's rename."""
+    weights = published_densenet() if held == "Densenet121" else state_dict(held)
+    with pytest.raises(UsageError, match=f"holds {held} weights, not {wanted}: use -net {held}"):
+        convert_state_dict(get_net_spec(wanted), weights, source_file="x.pth", source_sha256="0" * 64)
 
 
 @pytest.mark.slow
@@ -148,14 +149,16 @@ FLOAT64 = {"Googlenet", "InceptionV3", "Resnet50"}
 # are 1.3e-3 from float64, jaxsal's 4e-4), so float32 agreement would measure the conditioning.
 FULL_SIZE = {"Vgg11": (("fc3", (3, 1000)),)}
 
-# Beyond the original's networks (issue 18): each new network in float32 at 64 x 64 to fc (every
-# block and the head), and in float64 at full size on 2 images to an inner target (a
-# downsampling basic block; two dense layers' worth of DenseNet: a dense block and a transition).
-# DenseNet's whole network compiles in ~18 s per method and precision, so its fc case runs guided
-# only (the vanilla ReLU rule is in its full-size case): one compilation, not four.
+# Beyond the original's networks (issue 18): each new network in float32 at 64 x 64 (Resnet18 and
+# Densenet121 to fc: every block and the head; Resnet34, whose head and blocks are Resnet18's, to
+# layer2), and in float64 at full size on 2 images to an inner target (a downsampling basic block;
+# a dense block and a transition). Not float32 at full size: the upsampled noise stimuli make
+# max-pool near-ties there (DenseNet's transition1: one image's maps 1e-3 off in float32, exact
+# in float64). DenseNet's whole network compiles in ~18 s per method and precision, so its fc
+# case runs guided only (the vanilla ReLU rule is in its full-size case): one compilation, not four.
 PARITY |= {
     "Resnet18": (64, (("fc", (1, 1000)),)),
-    "Resnet34": (64, (("fc", (3, 1000)),)),
+    "Resnet34": (64, (("layer2_basicblock3", (3, 40)),)),
     "Densenet121": (64, (("fc", (7, 1000), ("guided",)),)),
 }
 FULL_SIZE |= {
@@ -164,7 +167,6 @@ FULL_SIZE |= {
     "Densenet121": (("transition1", (2, 60)),),
 }
 IMAGES = {"Resnet18@224": 2, "Resnet34@224": 2, "Densenet121@224": 2}  # others: 4
-FULL_SIZE_FLOAT32 = {"Resnet18", "Resnet34", "Densenet121"}  # computed anyway; checked too
 
 
 def sized(name: str, size: int):
@@ -245,7 +247,7 @@ def parity_results():
     import sys
 
     cases = [(n, size, c, True, n in FLOAT64) for n, (size, c) in PARITY.items()]
-    cases += [(n, None, c, n in FULL_SIZE_FLOAT32, True) for n, c in FULL_SIZE.items()]
+    cases += [(n, None, c, False, True) for n, c in FULL_SIZE.items()]
     code = ("import json, test_zoo as t\n"
             f"print('RESULTS', json.dumps(t.check_all({cases!r})))\n")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAXSAL_XLA_TUNING": "0"}
@@ -260,5 +262,5 @@ def parity_results():
 @pytest.mark.parametrize("name", list(PARITY) + [f"{n}@224" for n in FULL_SIZE])
 def test_maps_match_pytorch(name, parity_results):
     """float32 median < 1e-5 of PyTorch float64; float64 < 1e-9 on every map (FLOAT64 and
-    FULL_SIZE; FULL_SIZE: float64 only, except FULL_SIZE_FLOAT32)."""
+    FULL_SIZE; FULL_SIZE: float64 only)."""
     assert parity_results[name] is None, parity_results[name]
