@@ -169,7 +169,7 @@ def test_default_grad_cam_layer(name, layer, cam):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,layer", [("Resnet50", "layer2_bottleneck1"), ("Googlenet", "inception3b"),
                                         # beyond the original's networks (issue 18)
-                                        ("Resnet18", "layer3_basicblock0"), ("Resnet34", "layer1_basicblock0"),
+                                        ("Resnet18", "layer1_basicblock1"), ("Resnet34", "layer1_basicblock0"),
                                         ("Densenet121", "denseblock1")])
 def test_every_method_on_block_networks(name, layer):
     """Every method of docs/methods.md runs on residual, inception and dense blocks (64 x 64
