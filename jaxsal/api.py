@@ -17,7 +17,7 @@ def saliency(
     net: Net,
     images,
     layer: str,
-    channels: Sequence[int],
+    channels: "Sequence[int | str] | str",
     method: str | Method = "guided",
     *,
     smooth: int = 0,
@@ -30,7 +30,11 @@ def saliency(
     batch_size: int | None = None,
     precision: str = "highest",
 ) -> np.ndarray:
-    """Saliency maps of `channels` (1-based) of `layer` for every image.
+    """Saliency maps of `channels` of `layer` for every image.
+
+    channels: 1-based numbers, ranges or 'all', as the command's -chn (`jaxsal.channels`):
+    [60, 125], "1-64", ["1-4", 60], "all". Many channels are computed in blocks (one forward per
+    batch of images, the VJPs of a block of channels at once), but the result holds them all.
 
     images: a sequence of paths, PIL images or uint8 arrays ((H,W,3), (H,W) or (3,H,W)); each is
     EXIF-rotated, converted to RGB, resized to the net's input size (PIL bilinear, no crop) and
@@ -54,7 +58,6 @@ def saliency(
                          f"{type(net).__name__}")
     images = arguments.image_list("images", images)
     layer = arguments.name("layer", layer)
-    channels = arguments.channel_numbers("channels", channels)
     batch_size = arguments.optional(arguments.at_least(1))("batch_size", batch_size)
     method = resolve(as_method(method, smooth=smooth, noise=noise, seed=seed, baseline=baseline,
                                ig_steps=ig_steps, ig_rule=ig_rule, cam_layer=cam_layer),

@@ -65,19 +65,6 @@ def finite_number(what: str, value) -> float:
     return float(value)
 
 
-def channel_numbers(what: str, value) -> tuple[int, ...]:
-    """A list of whole channel numbers (range checks need the layer: `NetSpec.check_channels`)."""
-    if isinstance(value, (str, bytes, numbers.Number)) or not hasattr(value, "__iter__"):
-        raise UsageError(f"{what} must be a list of whole channel numbers (1-based), "
-                         f"got {_got(value)}")
-    values = tuple(value)
-    bad = [c for c in values if isinstance(c, bool) or not isinstance(c, numbers.Integral)]
-    if bad:
-        raise UsageError(f"{what} must be a list of whole channel numbers (1-based), "
-                         f"got {_got(bad[0])} in it")
-    return tuple(int(c) for c in values)
-
-
 def one_of(choices: tuple[str, ...]) -> Check:
     """One of `choices` (strings)."""
     def check(what: str, value) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Callable, Sequence
 from absl import flags
 
 from jaxsal import method_flags, models
+from jaxsal.channels import is_channel_token, parse_channels
 from jaxsal.errors import UsageError
 from jaxsal.pipeline import run as run_pipeline
 from jaxsal.reporting import Reporter
@@ -40,8 +40,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("net", "string", lambda: f"a neural network name: {', '.join(models.names())}", "Net"),
     Flag("layer", "string", "the layer, e.g. 'conv1' (first convolution layer) or 'fc1' (first "
          "fully-connected layer)", "Layer"),
-    Flag("chn", "list", "channel numbers (1-based), at most 5: -chn 294 23 or --chn=294,23; one "
-         "figure row each, in the order given", "Channel", field="channels"),
+    Flag("chn", "list", "channel numbers (1-based), ranges and 'all': -chn 294 23, --chn=294,23, "
+         "-chn 1-64, -chn 1-4 60, -chn all; one figure row each, in the order given (figures "
+         "show the first 5; more channels need -save_maps, which saves them all)", "Channel",
+         field="channels"),
     Flag("stim", "string", "a .stim.csv file which contains stimulus information", "Stimulus"),
     method_flags.METH,
     Flag("mode", "string", "RGB: visualize derivatives directly; gray: keep the maximal magnitude "
@@ -62,7 +64,16 @@ FLAGS: tuple[Flag, ...] = (
          "$DNNBRAIN_DATA/models, then the bundled conv-only weights of AlexNet and Vgg16)",
          "Weights"),
     Flag("save_maps", "boolean", "also save the raw signed maps as OUT/{net}_{layer}_maps.npz "
-         "(needs -out)"),
+         "(or .zarr; needs -out)"),
+    Flag("maps_format", "string", "npz: one file, written at the end (small runs); zarr: a "
+         "chunked Zarr v3 store written shard by shard as the run goes, with the targets' "
+         "activations, resumable with -resume", "Format"),
+    Flag("maps_reduce", "string", "zarr only: float16 (half the size; each map scaled by a power "
+         "of two, kept in maps_scale) and/or gray (max |RGB| per pixel, a third of the size), "
+         "e.g. -maps_reduce float16,gray", "Reduction"),
+    Flag("resume", "boolean", "continue the zarr store of an interrupted run of the same "
+         "command: its saved shards and drawn figures are skipped; a store of another request "
+         "is refused"),
     Flag("batch_size", "integer", "at most this many images per batch; larger runs are split into "
          "batches of about equal size (default: chosen from the device's memory)", "N"),
     Flag("precision", "string", "matmul/conv precision: highest (float32, parity with PyTorch), "
@@ -87,7 +98,8 @@ SYNOPSIS_LINES = (
     "net layer chn",
     "stim meth mode cmap",
     "vmin vmax show out",
-    "weights save_maps batch_size",
+    "weights save_maps maps_format",
+    "maps_reduce resume batch_size",
     "precision profile",
     "smooth noise seed baseline",
     "ig_steps ig_rule cam_layer overlay",
@@ -102,7 +114,6 @@ examples:
   {PROG} -net AlexNet -layer conv5 -chn 60 -stim examples/examples.stim.csv -meth gradcam -cmap jet -overlay -out out
 """
 
-_INT = re.compile(r"^[+-]?\d+$")
 _HELP = {"-h", "--h", "-help", "--help", "-?", "--helpfull", "-helpfull", "--helpshort"}
 
 
@@ -150,8 +161,9 @@ def usage_text(fv: flags.FlagValues | None = None, rows: Sequence[Flag] = FLAGS,
 def join_channel_values(argv: Sequence[str]) -> list[str]:
     """Turn `-chn 294 23` (argparse style, as the seed documents) into `--chn=294,23`.
 
-    Every integer-looking token after -chn/--chn belongs to it, negative ones included, so that
-    `-chn -1` reaches the range check instead of being read as a flag.
+    Every word after -chn/--chn up to the next flag belongs to it (`jaxsal.channels`: numbers,
+    ranges, 'all'; a negative number too, so that `-chn -1` reaches the range check), so that a
+    bad word is named by the channel parser instead of being taken for a stray argument.
     """
     out, i = [], 0
     while i < len(argv):
@@ -159,7 +171,7 @@ def join_channel_values(argv: Sequence[str]) -> list[str]:
         if arg in ("-chn", "--chn"):
             values = []
             i += 1
-            while i < len(argv) and (_INT.match(argv[i]) or "," in argv[i]):
+            while i < len(argv) and is_channel_token(argv[i]):
                 values.append(argv[i])
                 i += 1
             if not values:
@@ -199,20 +211,10 @@ def parse_flags(argv: Sequence[str], rows: Sequence[Flag] = FLAGS, prog: str = P
     return fv
 
 
-def channel_numbers(tokens: Sequence[str]) -> list[int]:
-    """-chn's values (strings) -> 1-based channel numbers, as typed (range checks come later)."""
-    channels = []
-    for token in tokens:
-        if not _INT.match(token.strip()):
-            raise UsageError(f"-chn takes whole channel numbers, got {token!r}")
-        channels.append(int(token))
-    return channels
-
-
 def request_from_flags(fv: flags.FlagValues) -> Request:
     """Parsed flags -> Request (which checks what needs no file and no JAX)."""
     values = {flag.target: fv[flag.name].value for flag in FLAGS if flag.of == "request"}
-    channels = channel_numbers(values["channels"])
+    channels = parse_channels(values["channels"], "-chn")
     given = {flag.name for flag in method_flags.FLAGS if fv[flag.name].present}
     method = method_flags.method_from_flags(
         {flag.name: fv[flag.name].value for flag in method_flags.FLAGS}, given)

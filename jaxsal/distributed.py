@@ -1,10 +1,12 @@
 """Spreading one run over several processes or hosts with JAX's multi-controller runtime.
 
-Every process runs the same command with its own -process_id. Figures (slices of 6 stimuli) are
-dealt round-robin: process p computes figures p+1, p+1+P, ... -- a disjoint, deterministic
-share, and figure file names stay global, so nothing clashes. With -save_maps each process
-writes its share to a part file in the (shared) output folder; after a barrier, process 0 merges
-the parts into the one .npz file and removes them.
+Every process runs the same command with its own -process_id. The stimuli are cut into shards of
+whole figures (`stimuli_per_shard`; a figure is a slice of 6 stimuli), dealt round-robin:
+process p computes shards p, p+P, ... -- a disjoint, deterministic share in which no figure and
+no shard of a zarr map store straddles two processes, and figure file names stay global, so
+nothing clashes. With -maps_format zarr each process writes its own shards of the store; with
+the .npz (small runs), each process writes its share to a part file in the (shared) output
+folder, and after a barrier process 0 merges the parts into the one .npz file and removes them.
 """
 from __future__ import annotations
 
@@ -14,6 +16,25 @@ import pathlib
 
 from jaxsal import arguments
 from jaxsal.errors import UsageError
+
+# Stimuli per shard at most: 10 figures. A shard is a map store's unit of writing and of resuming
+# (one shard file per channel, a few tens of MB at 224x224) and a process's unit of work.
+MAX_STIMULI_PER_SHARD = 60
+
+
+def stimuli_per_shard(n_stimuli: int, n_processes: int, per_figure: int) -> int:
+    """Stimuli per shard for a run: whole figures (of `per_figure` stimuli), at most
+    MAX_STIMULI_PER_SHARD, about equal shards, at least one per process when there are enough
+    figures; all the stimuli when they make one shard (then not necessarily whole figures)."""
+    n_shards = max(n_processes, -(-n_stimuli // MAX_STIMULI_PER_SHARD))
+    size = -(-n_stimuli // n_shards)
+    size = -(-size // per_figure) * per_figure
+    return max(1, n_stimuli) if size >= n_stimuli else size
+
+
+def shard_ranges(n_stimuli: int, per_shard: int) -> list[range]:
+    """The stimulus indices of each shard, in order."""
+    return [range(s, min(s + per_shard, n_stimuli)) for s in range(0, n_stimuli, per_shard)]
 
 
 def check_address(address: str) -> tuple[str, int]:
@@ -63,9 +84,9 @@ class Cluster:
                              "address, the same for every process)")
         return self
 
-    def my_figures(self, n_figures: int) -> list[int]:
-        """0-based indices of the figures this process computes."""
-        return list(range(self.process_id, n_figures, self.num_processes))
+    def my_shards(self, n_shards: int) -> list[int]:
+        """0-based indices of the shards this process computes."""
+        return list(range(self.process_id, n_shards, self.num_processes))
 
 
 def initialize(cluster: Cluster, timeout_s: int = 300) -> None:

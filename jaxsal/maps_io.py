@@ -1,20 +1,24 @@
-"""Writing the raw maps of a run (`-save_maps`) without holding them all in memory.
+"""Writing the raw maps of a run (`-save_maps`) to one .npz without holding them in memory.
 
-Maps are written into a memory-mapped .npy scratch file as batches arrive, then packed into the
-final .npz (uncompressed, streamed in chunks) and renamed into place: a failed run leaves no
-partial .npz behind, and thousands of stimuli do not need thousands of maps in RAM.
+Maps are written with plain file writes (`os.pwrite`, at their place in the array) into a
+scratch file that has no name (`jaxsal.atomic.unnamed_file`), then packed into the .npz
+(uncompressed, streamed in chunks) through `jaxsal.atomic.atomic_file`: thousands of stimuli do
+not need thousands of maps in the process's memory (the pages are the file system's), a run
+that fails, or is killed, leaves no .npz and no scratch file behind, and a full disk is one
+`jaxsal.errors.OutputError` naming the file.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import secrets
 import zipfile
 
 import numpy as np
 
-from jaxsal.atomic import atomic_path
+from jaxsal.atomic import atomic_file, output_error, unnamed_file
+
+COPY_BYTES = 16 << 20  # packing reads the scratch file in pieces of this size
 
 
 class MapWriter:
@@ -31,39 +35,72 @@ class MapWriter:
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], meta: dict):
         self.path = pathlib.Path(path)
         self.meta = meta
-        self._scratch = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.npy")
-        self._maps = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=np.float32, shape=shape)
+        self.shape = tuple(shape)
+        self._map_bytes = int(np.prod(self.shape[2:])) * 4
+        try:
+            self._scratch = unnamed_file(self.path.parent)
+        except OSError as error:
+            raise output_error(self.path, error) from None
 
-    def write(self, start: int, maps: np.ndarray) -> None:
-        """Store maps (K, b, 3, S, S) for stimuli start .. start + b - 1."""
-        self._maps[:, start : start + maps.shape[1]] = maps
+    def _pwrite(self, data: np.ndarray, channel: int, stimulus: int) -> None:
+        """Write maps of one channel for consecutive stimuli from `stimulus` on."""
+        view = memoryview(np.ascontiguousarray(data, np.float32)).cast("B")
+        offset = (channel * self.shape[1] + stimulus) * self._map_bytes
+        try:
+            while view:
+                written = os.pwrite(self._scratch.fileno(), view, offset)
+                view, offset = view[written:], offset + written
+        except OSError as error:
+            raise output_error(self.path, error) from None
+
+    def write(self, start: int, maps: np.ndarray, channel_start: int = 0) -> None:
+        """Store maps (B, b, ...) of channels channel_start .. + B - 1 for stimuli start ..
+        start + b - 1."""
+        for c in range(maps.shape[0]):
+            self._pwrite(maps[c], channel_start + c, start)
 
     def write_at(self, indices, maps: np.ndarray) -> None:
         """Store maps (K, len(indices), ...) for the given stimulus indices."""
-        self._maps[:, np.asarray(indices)] = maps
+        for c in range(maps.shape[0]):
+            for j, i in enumerate(indices):
+                self._pwrite(maps[c, j], c, int(i))
 
     def commit(self) -> pathlib.Path:
         """Pack the maps and metadata into the .npz, written whole or not at all
-        (`jaxsal.atomic.atomic_path`); the scratch file is dropped either way."""
+        (`jaxsal.atomic.atomic_file`); the scratch file is dropped either way."""
         try:
-            self._maps.flush()
             arrays = {key: np.asarray(value) for key, value in self.meta.items()}
-            with atomic_path(self.path) as tmp:
-                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+            with atomic_file(self.path) as f:
+                with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED,
                                      allowZip64=True) as zf:
-                    with zf.open("maps.npy", "w", force_zip64=True) as f:
-                        np.lib.format.write_array(f, self._maps, allow_pickle=False)
+                    with zf.open("maps.npy", "w", force_zip64=True) as member:
+                        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                  "fortran_order": False, "shape": self.shape}
+                        np.lib.format.write_array_header_1_0(member, header)
+                        self._copy_scratch(member)
                     for key, value in arrays.items():
-                        with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
-                            np.lib.format.write_array(f, value, allow_pickle=False)
+                        with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                            np.lib.format.write_array(member, value, allow_pickle=False)
+        except OSError as error:
+            raise output_error(self.path, error) from None
         finally:
             self.abort()
         return self.path
 
+    def _copy_scratch(self, member) -> None:
+        total, offset = int(np.prod(self.shape)) * 4, 0
+        while offset < total:
+            piece = os.pread(self._scratch.fileno(), min(COPY_BYTES, total - offset), offset)
+            if not piece:
+                raise OSError(0, f"the scratch file of {self.path} ended early")
+            member.write(piece)
+            offset += len(piece)
+
     def abort(self) -> None:
         """Drop the scratch file (also after a successful commit)."""
-        self._maps = None
-        self._scratch.unlink(missing_ok=True)
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
 
 
 def map_file_meta(net_name: str, layer: str, method, channels, stim_ids, weights) -> dict:

@@ -3,10 +3,17 @@
     validate (jaxsal.request)   Request -> Plan; every input checked, stimulus list and weights
                                 read; no JAX
     Decoder        threads      each stimulus: its picture for the figure, its network input
-    Core           device(s)    the jitted core over fixed-size batches (jaxsal.batching)
+    Core           device(s)    the jitted core over fixed-size batches and channel blocks
+                                (jaxsal.batching)
     FigureAssembly host         maps -> display images; a FigureJob once a figure's stimuli are in
     FigureSink     processes    figure workers draw and write; `Finish: i/n` in figure order; -show
-    MapSink        host         -save_maps: batches into one .npz; multi-process: parts, merge
+    MapSink        host         -save_maps: into one .npz (multi-process: parts, merge), or
+    StoreSink                   shard by shard into a zarr store (jaxsal.map_store; resumable)
+
+The stimuli are cut into shards of whole figures (`jaxsal.distributed`): a multi-process run
+deals them to its processes, a zarr store saves and resumes them shard by shard, and each shard
+is one batch of the store's run. Figures show the first 5 channels; every channel's maps are
+saved.
 
 `Pipeline(plan)` starts the decoder threads and the figure workers (no JAX needed) so that they
 overlap importing JAX and putting the weights on the device (`load_net`); `execute(net)` then
@@ -61,7 +68,8 @@ class RunReport:
     """What a run did.
 
     figures: the figure files this process wrote, in figure order (none without `out`).
-    maps: the .npz of the maps (`save_maps`; in a multi-process run, on process 0 only), or None.
+    maps: the .npz or zarr store of the maps (`save_maps`; in a multi-process run, on process 0
+      only), or None.
     stimuli: how many stimuli this process computed.
     timings: where the time went (`Timings`).
     weights: the weights used, {"source", "sha256", "provenance"} as in the maps file.
@@ -85,40 +93,43 @@ def decode_threads() -> int:
     return max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
-def decode(path: pathlib.Path, spec, grid: tuple[int, int]) -> tuple:
-    """One stimulus: ((uint8 RGB array for its figure, native (H, W)), normalized network
-    input, seconds). The figure's array is `render.display_copy` for a figure of `grid`
-    (rows, columns): a large photo is kept only at the size its figure can show."""
+def decode(path: pathlib.Path, spec, grid: tuple[int, int] | None) -> tuple:
+    """One stimulus: ((uint8 RGB array for its figure, native (H, W)) or None, normalized
+    network input, seconds). The figure's array is `render.display_copy` for a figure of `grid`
+    (rows, columns): a large photo is kept only at the size its figure can show; no grid, no
+    figure (a stimulus computed for its maps only)."""
     from jaxsal.render import display_copy
     from jaxsal.stimuli import decoded_image, preprocess
 
     t = time.perf_counter()
     with decoded_image(path) as image:  # the full image counts against the decoding budget
-        shown = display_copy(image, *grid)
+        shown = display_copy(image, *grid) if grid is not None else None
         x = preprocess(image, spec.preprocessing)
     return shown, x, time.perf_counter() - t
 
 
 class Decoder:
-    """Decodes this process's stimuli, in order, `AHEAD` of the device, in threads."""
+    """Decodes the stimuli `order`, in order, `AHEAD` of the device, in threads: for those
+    drawn in `figures`, their picture too."""
 
     AHEAD = 128  # stimuli decoded ahead of the device: two CPU batches
 
-    def __init__(self, plan: Plan, figures: list[tuple[int, range]]):
+    def __init__(self, plan: Plan, order: list[int], figures: list[tuple[int, range]]):
         self.spec, self.paths = plan.spec, plan.stimuli.paths
-        self.order = [i for _, cols in figures for i in cols]
-        n_rows = 1 + len(plan.channels0)
-        # The grid each stimulus is drawn in, for display_copy.
+        self.order = order
+        n_rows = 1 + len(plan.figure_channels)
+        # The grid each drawn stimulus is drawn in, for display_copy.
         self.grids = {i: (n_rows, len(cols)) for _, cols in figures for i in cols}
         self.seconds = 0.0
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=decode_threads())
         self._futures = [self._submit(i) for i in self.order[: self.AHEAD]]
 
     def _submit(self, i: int):
-        return self._threads.submit(decode, self.paths[i], self.spec, self.grids[i])
+        return self._threads.submit(decode, self.paths[i], self.spec, self.grids.get(i))
 
-    def __iter__(self) -> Iterator[tuple[int, tuple, object]]:
-        """(stimulus index, (display array, native size), network input), in order."""
+    def __iter__(self) -> Iterator[tuple[int, tuple | None, object]]:
+        """(stimulus index, (display array, native size) or None if it is not drawn, network
+        input), in order."""
         for pos, i in enumerate(self.order):
             shown, x, secs = self._futures[pos].result()
             self._futures[pos] = None
@@ -136,30 +147,47 @@ class Decoder:
 
 
 class Core:
-    """The maps of a stream of network inputs, batch by batch (`jaxsal.batching.iter_saliency`:
-    fixed-size batches over every local device, the next dispatched before the last is
-    fetched). `seconds`: time spent waiting for the device."""
+    """The maps of a stream of network inputs, batch by batch and channel block by channel
+    block (`jaxsal.batching.iter_blocks`: fixed-size calls over every local device, the next
+    dispatched before the last is fetched). `size`, `block`: images and channels per call --
+    the run's own (`call_shape`), or a resumed store's. `seconds`: time spent waiting for the
+    device."""
 
-    def __init__(self, plan: Plan, net, reporter: Reporter):
+    def __init__(self, plan: Plan, net, n_images: int, reporter: Reporter,
+                 compute: dict | None = None):
+        from jaxsal.batching import call_shape  # imports JAX
+
         self.plan, self.net, self.reporter = plan, net, reporter
+        if compute is not None:
+            self.size, self.block = compute["stimuli_per_call"], compute["channels_per_call"]
+        else:
+            self.size, self.block = call_shape(net, plan.layer, len(plan.channels0), n_images,
+                                               plan.batch_size)
         self.seconds = 0.0
 
-    def maps(self, inputs, n_images: int) -> Iterator:
+    @property
+    def compute(self) -> dict:
+        return {"stimuli_per_call": self.size, "channels_per_call": self.block}
+
+    def blocks(self, inputs, n_images: int, batches: list[int] | None = None,
+               values: bool = False) -> Iterator:
+        """`jaxsal.batching.ChannelBlock`s of `n_images` inputs, in batches of `size` or of the
+        given sizes; `values`: with the targets' values."""
         if not n_images:
             return
-        from jaxsal.batching import iter_saliency  # imports JAX
+        from jaxsal.batching import iter_blocks
 
         p = self.plan
-        stream = iter_saliency(self.net, inputs, p.layer, p.channels, p.method, n_images=n_images,
-                               batch_size=p.batch_size, precision=p.precision,
-                               reporter=self.reporter)
+        stream = iter_blocks(self.net, inputs, p.layer, p.channels, p.method, size=self.size,
+                             block=self.block, precision=p.precision, values=values,
+                             batches=batches, reporter=self.reporter)
         while True:
             t = time.perf_counter()
-            maps = next(stream, None)
+            result = next(stream, None)
             self.seconds += time.perf_counter() - t
-            if maps is None:
+            if result is None:
                 return
-            yield maps
+            yield result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +206,9 @@ class FigureAssembly:
         self._underlays: dict[int, object] = {}  # -overlay: the picture the network saw
         self._displays: dict[int, list] = {}  # stimulus -> one displayed map per channel
 
-    def add_stimulus(self, i: int, shown: tuple, x) -> None:
+    def add_stimulus(self, i: int, shown: tuple | None, x) -> None:
+        if shown is None:  # computed for its maps only
+            return
         self._shown[i] = shown
         if self.plan.overlay:
             from jaxsal.render import network_image
@@ -186,19 +216,30 @@ class FigureAssembly:
             p = self.plan.spec.preprocessing
             self._underlays[i] = network_image(x, p.mean, p.std, p.scale)
 
-    def add_maps(self, indices: list[int], maps) -> None:
-        """maps (K, b, ...) of stimuli `indices`; warns once per constant map."""
+    def add_maps(self, indices: list[int], channel_start: int, maps) -> None:
+        """maps (B, b, ...) of channels channel_start .. + B - 1 for stimuli `indices`; keeps
+        the displayed maps of the drawn stimuli and channels; warns once per constant map."""
         from jaxsal.render import display_maps
 
         plan = self.plan
+        drawn = plan.figure_channels
+        rows = range(channel_start, min(channel_start + maps.shape[0], len(drawn)))
+        columns = [j for j, i in enumerate(indices) if i in self._shown]
+        if not rows or not columns:
+            return
+        selected = maps[: len(rows)]  # a view; a copy only when some stimuli are not drawn
+        if len(columns) < len(indices):
+            selected = selected[:, columns]
         t = time.perf_counter()
-        images, constant = display_maps(maps, plan.mode, plan.method.info.maps_2d)
+        images, constant = display_maps(selected, plan.mode, plan.method.info.maps_2d)
         self.seconds += time.perf_counter() - t
-        for j, i in enumerate(indices):
-            self._displays[i] = [images[c, j] for c in range(len(plan.channels0))]
-            for c, ch in enumerate(plan.channels):
-                if constant[c, j]:
-                    self.reporter.warn(f"the map of channel {ch} for stimulus "
+        for col, j in enumerate(columns):
+            i = indices[j]
+            displays = self._displays.setdefault(i, [None] * len(drawn))
+            for r, c in enumerate(rows):
+                displays[c] = images[r, col]
+                if constant[r, col]:
+                    self.reporter.warn(f"the map of channel {drawn[c]} for stimulus "
                                        f"{plan.stimuli.ids[i]!r} is constant (the channel does "
                                        f"not respond to the image); drawn black")
 
@@ -208,13 +249,15 @@ class FigureAssembly:
         from jaxsal import render
 
         plan = self.plan
+        drawn = plan.figure_channels
         while self._next < len(self.figures) and all(
-                i in self._displays for i in self.figures[self._next][1]):
+                i in self._displays and all(d is not None for d in self._displays[i])
+                for i in self.figures[self._next][1]):
             k, cols = self.figures[self._next]
             job = render.figure_job(
                 [self._shown.pop(i) for i in cols],
-                [[self._displays[i][c] for i in cols] for c in range(len(plan.channels0))],
-                plan.channels, cmap=plan.cmap, vmin=plan.vmin, vmax=plan.vmax,
+                [[self._displays[i][c] for i in cols] for c in range(len(drawn))],
+                drawn, cmap=plan.cmap, vmin=plan.vmin, vmax=plan.vmax,
                 underlays=[self._underlays.pop(i) for i in cols] if plan.overlay else None,
                 out_path=os.fspath(render.figure_path(plan.out, plan.net, plan.layer, k))
                 if plan.out else "",
@@ -237,9 +280,9 @@ class FigureSink:
     Back-pressure: at most `IN_FLIGHT_PER_WORKER` figures per worker wait or are being drawn;
     with that many pending, `submit` first waits for the oldest, so a run whose maps come faster
     than figures are drawn does not pile up figure jobs (pictures and display maps) in memory
-    (the npz map writer's memory is `MapSink`'s). The wait
+    (the map writers write as they go: `MapSink`, `StoreSink`). The wait
     costs the device nothing: the next batch is already dispatched when a batch's figures are
-    submitted (`jaxsal.batching.iter_saliency`).
+    submitted (`jaxsal.batching.iter_blocks`).
     """
 
     IN_FLIGHT_PER_WORKER = 2
@@ -259,7 +302,7 @@ class FigureSink:
             workers = render.default_render_workers()
             self.max_in_flight = self.IN_FLIGHT_PER_WORKER * workers
             self.pool = render.render_pool(workers)
-            n_rows = 1 + len(plan.channels0)
+            n_rows = 1 + len(plan.figure_channels)
             for _ in range(workers):  # spawn them now: they start up while JAX is imported
                 self.pool.submit(render.warm_up, n_rows, len(figures[0][1]))
 
@@ -310,9 +353,10 @@ class FigureSink:
 
 
 class MapSink:
-    """-save_maps: each batch goes into a memory-mapped scratch file, packed into the .npz at
-    the end (`jaxsal.maps_io.MapWriter`: whole or not at all). In a multi-process run each
-    process writes a part file of its stimuli, and after a barrier process 0 merges them."""
+    """-save_maps -maps_format npz: the maps go into a scratch file with no name as they come,
+    packed into the .npz at the end (`jaxsal.maps_io.MapWriter`: whole or not at all). In a
+    multi-process run each process writes a part file of its stimuli, and after a barrier
+    process 0 merges them (the .npz is for small runs; large ones use the zarr store)."""
 
     def __init__(self, plan: Plan, mine: list[int], reporter: Reporter):
         import numpy as np
@@ -334,9 +378,10 @@ class MapSink:
         else:
             self.writer = MapWriter(self.final, shape, self.meta)
 
-    def write(self, start: int, maps) -> None:
+    def write(self, block) -> None:
+        """A `jaxsal.batching.ChannelBlock` of this process's stimuli."""
         t = time.perf_counter()
-        self.writer.write(start, maps)
+        self.writer.write(block.start, block.maps, block.channels.start)
         self.seconds += time.perf_counter() - t
 
     def commit(self) -> pathlib.Path | None:
@@ -357,10 +402,94 @@ class MapSink:
             self.reporter.info(f"maps saved to {path}")
         return path
 
-    def abort(self) -> None:
+    def abort(self, error: BaseException | None = None) -> None:
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
+
+
+class StoreSink:
+    """-save_maps -maps_format zarr: each shard of stimuli is a batch; its channel blocks are
+    written as they come, then its values and its manifest entry (`jaxsal.map_store`). Shards a
+    resumed store holds are not written again (a done shard is recomputed only when one of its
+    figures is missing). Every process writes its own shards; process 0 creates the store (the
+    others wait at a barrier) and marks it complete at the end, after a barrier."""
+
+    def __init__(self, plan: Plan, work: list[int], shards: list[range], reporter: Reporter,
+                 compute: dict):
+        from jaxsal import distributed
+        from jaxsal.map_store import MapStore
+
+        self.plan, self.reporter, self.shards = plan, reporter, shards
+        self.seconds = 0.0
+        self.kept = plan.store.done if plan.store is not None else frozenset()
+        starts = [0]
+        for shard in work:
+            starts.append(starts[-1] + len(shards[shard]))
+        self._shard_at = dict(zip(starts, work))  # batch start (position in `mine`) -> shard
+        self._values, self._scales = None, []
+        cluster = plan.cluster
+        t = time.perf_counter()
+        if cluster.process_id == 0:
+            self.store = (MapStore.open(plan.maps_path) if plan.maps_path.exists()
+                          else MapStore.create(plan, compute))
+        if cluster.is_multi:
+            distributed.barrier("jaxsal_map_store_ready")
+            if cluster.process_id != 0:
+                self.store = MapStore.open(plan.maps_path, clean=False)
+        self.seconds += time.perf_counter() - t
+
+    def write(self, block) -> None:
+        shard = self._shard_at[block.start]
+        if shard in self.kept:
+            return
+        t = time.perf_counter()
+        stimuli = self.shards[shard]
+        scale = self.store.write_maps(stimuli, block.channels.start, block.maps)
+        if block.values is not None:
+            self._values = block.values
+        if scale is not None:
+            self._scales.append(scale)
+        if block.last:
+            import numpy as np
+
+            scales = np.concatenate(self._scales) if self._scales else None
+            self.store.finish_shard(shard, stimuli, self._values, scales)
+            self._values, self._scales = None, []
+        self.seconds += time.perf_counter() - t
+
+    def commit(self) -> pathlib.Path | None:
+        """Mark the store complete (process 0, after every process is done); its path on
+        process 0, None on the others."""
+        from jaxsal import distributed
+
+        t = time.perf_counter()
+        cluster = self.plan.cluster
+        if cluster.is_multi:
+            distributed.barrier("jaxsal_map_store_written")
+        path = None
+        if cluster.process_id == 0:
+            path = self.store.path
+            if self.store.complete():
+                self.reporter.info(f"maps saved to {path}")
+            else:
+                self.reporter.warn(f"the map store {path} is incomplete: "
+                                   f"{self._missing()}")
+        self.seconds += time.perf_counter() - t
+        return path
+
+    def _missing(self) -> str:
+        n = len(self.shards)
+        return f"{n - len(self.store.done())} of {n} stimulus shards missing"
+
+    def abort(self, error: BaseException | None = None) -> None:
+        """After a failure: say how to continue (an OutputError says it already)."""
+        from jaxsal.errors import OutputError
+
+        if error is not None and not isinstance(error, OutputError):
+            self.reporter.info(f"the map store {self.plan.maps_path} is incomplete "
+                               f"({self._missing()}): run the same command with -resume to "
+                               f"continue it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,20 +502,42 @@ class Pipeline:
     loading the weights (`load_net`); `execute(net)` runs the rest. Close it (or use it as a
     context manager) to stop both.
 
-    In a multi-process run (`jaxsal.distributed`) this process draws only its share of the
-    figures (global numbers and file names) and computes their stimuli.
+    The stimuli are cut into shards (`jaxsal.distributed`); in a multi-process run this process
+    computes only its shards and draws their figures (global numbers and file names). A resumed
+    zarr run computes only the shards its store lacks, and the shards of figures not yet drawn.
     """
 
     def __init__(self, plan: Plan, reporter: Reporter | None = None):
         from jaxsal import render
+        from jaxsal.distributed import shard_ranges
 
         self.plan = plan
         self.reporter = Reporter() if reporter is None else reporter
-        slices = render.figure_slices(len(plan.stimuli.paths))
+        n = len(plan.stimuli.paths)
+        per_shard = plan.stimuli_per_shard or max(1, n)  # 0 (a Plan made by hand): one shard
+        self.shards = shard_ranges(n, per_shard)
+        owned = plan.cluster.my_shards(len(self.shards))
+        ours = set(owned)
         # (global figure number k, global stimulus indices) of the figures this process draws
-        self.figures = [(k + 1, slices[k]) for k in plan.cluster.my_figures(len(slices))]
-        self.mine = [i for _, cols in self.figures for i in cols]
-        self.decoder = Decoder(plan, self.figures)
+        self.figures = [(k + 1, cols) for k, cols in enumerate(render.figure_slices(n))
+                        if cols.start // per_shard in ours]
+        kept = plan.store.done if plan.store is not None else frozenset()
+        if plan.resume and plan.out is not None:
+            drawn = [f for f in self.figures
+                     if render.figure_path(plan.out, plan.net, plan.layer, f[0]).exists()]
+            self.figures = [f for f in self.figures if f not in drawn]
+            self._say_resume(kept, len(drawn))
+        to_draw = {cols.start // per_shard for _, cols in self.figures}
+        # The shards this process computes, in order: all of its own but those a resumed store
+        # holds and whose figures are drawn.
+        self.work = [s for s in owned if s not in kept or s in to_draw]
+        self.mine = [i for s in self.work for i in self.shards[s]]
+        if len(plan.channels) > len(plan.figure_channels):
+            self.reporter.info(
+                f"figures show the first {len(plan.figure_channels)} of the "
+                f"{len(plan.channels)} channels; the maps of all {len(plan.channels)} are saved "
+                f"to {plan.maps_path}")
+        self.decoder = Decoder(plan, self.mine, self.figures)
         self.figure_sink = None
         try:
             self.figure_sink = FigureSink(plan, self.figures, self.reporter)
@@ -395,32 +546,56 @@ class Pipeline:
             raise
         self.assembly = FigureAssembly(plan, self.figures, self.reporter)
 
+    def _say_resume(self, kept: frozenset, n_drawn: int) -> None:
+        if self.plan.store is None:
+            self.reporter.info(f"no map store to resume at {self.plan.maps_path}: starting it")
+            return
+        self.reporter.info(f"resuming {self.plan.maps_path}: {len(kept)} of {len(self.shards)} "
+                           f"stimulus shards and {n_drawn} figures already done")
+
+    @property
+    def _store_run(self) -> bool:
+        return self.plan.save_maps and self.plan.maps_format == "zarr"
+
     def execute(self, net) -> RunReport:
         """Compute, draw and save; `Finish: i/n` after each figure, in order."""
         plan = self.plan
         if plan.out is not None:
             plan.out.mkdir(parents=True, exist_ok=True)
-        core = Core(plan, net, self.reporter)
-        map_sink = MapSink(plan, self.mine, self.reporter) if plan.save_maps else None
+        store = self._store_run
+        if store:  # one batch per shard, in the call shape of the store (if resumed)
+            batches = [len(self.shards[s]) for s in self.work]
+            core = Core(plan, net, plan.stimuli_per_shard, self.reporter,
+                        plan.store.compute if plan.store is not None else None)
+        else:
+            batches = None
+            core = Core(plan, net, len(self.mine), self.reporter)
+        map_sink = None
         maps_path = None
         try:
+            if store:
+                map_sink = StoreSink(plan, self.work, self.shards, self.reporter, core.compute)
+            elif plan.save_maps:
+                map_sink = MapSink(plan, self.mine, self.reporter)
             progress = self.reporter.progress(len(self.mine))
-            done = 0  # stimuli of `mine` computed so far
-            for maps in core.maps(self._inputs(), len(self.mine)):
-                b = maps.shape[1]
+            n_blocks = -(-len(plan.channels0) // core.block)
+            for block in core.blocks(self._inputs(), len(self.mine), batches, values=store):
+                b = block.maps.shape[1]
                 if map_sink is not None:
-                    map_sink.write(done, maps)
-                self.assembly.add_maps(self.mine[done:done + b], maps)
-                done += b
-                progress.update(done)
+                    map_sink.write(block)
+                self.assembly.add_maps(self.mine[block.start:block.start + b],
+                                       block.channels.start, block.maps)
+                blocks_done = -(-block.channels.stop // core.block)
+                progress.update(block.start + b * blocks_done // n_blocks)
                 for _, cols, job in self.assembly.ready():
                     self.figure_sink.submit(cols, job)
             self.figure_sink.finish(block=True)
             if map_sink is not None:
                 maps_path = map_sink.commit()
-        finally:
+        except BaseException as error:
             if map_sink is not None:
-                map_sink.abort()
+                map_sink.abort(error)
+            raise
         timings = Timings(decode=self.decoder.seconds, compute=core.seconds,
                           display=self.assembly.seconds, render=self.figure_sink.seconds,
                           write=map_sink.seconds if map_sink is not None else 0.0)

@@ -18,12 +18,14 @@ import pathlib
 from typing import Callable, Sequence, Union
 
 from jaxsal import arguments
-from jaxsal.distributed import Cluster
+from jaxsal.channels import parse_channels
+from jaxsal.distributed import Cluster, stimuli_per_shard
 from jaxsal.errors import UsageError
 from jaxsal.methods import PRECISIONS, Method, as_method, resolve
 
-MAX_CHANNELS = 5
 MODES = ("RGB", "gray")
+MAPS_FORMATS = ("npz", "zarr")
+MAPS_REDUCTIONS = ("float16", "gray")
 DEFAULT_CMAP = "coolwarm"
 STIM_SUFFIX = ".stim.csv"
 
@@ -35,6 +37,19 @@ def check_batch_size(value, name: str = "batch_size") -> int:
     return arguments.whole_number(name, value, minimum=1)
 
 
+def maps_reductions(what: str, value) -> tuple[str, ...]:
+    """-maps_reduce: None, "float16,gray" or a list of those words -> a sorted tuple."""
+    words = () if value is None else value.split(",") if isinstance(value, str) else value
+    try:
+        words = [w.strip() for w in words if w.strip()]
+    except (TypeError, AttributeError):
+        words = None
+    if words is None or any(w not in MAPS_REDUCTIONS for w in words):
+        raise UsageError(f"{what} takes float16 and/or gray (e.g. -maps_reduce float16,gray), "
+                         f"got {value!r}")
+    return tuple(sorted(set(words)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
     """A saliency run as a user asks for it: the command's flags, as Python values.
@@ -43,14 +58,21 @@ class Request:
                                   stim="examples/examples.stim.csv", out="out"))
 
     net, layer: a registered network (`jaxsal.models.names()`) and one of its layers.
-    channels: 1-based channel (or unit) numbers of `layer`, at most 5; one figure row each.
+    channels: 1-based channel (or unit) numbers of `layer`, ranges or 'all' (`jaxsal.channels`:
+      [60, 125], "1-64", ["1-4", 60], "all"); one figure row each, figures show the first 5 (more
+      channels need save_maps).
     stim: a `.stim.csv` file (README: Stimulus files).
     method: a method name (vanilla, guided, deconv, ig, gradcam, guided_gradcam) or a
       `jaxsal.methods.Method` holding its options (SmoothGrad, integrated gradients, Grad-CAM).
     mode, cmap, vmin, vmax, overlay: how maps are drawn (README: The command).
     show: show each figure after it is saved (says so once on a machine without a display).
     out: the folder for the figures (and the maps); created if missing. `out` or `show` is needed.
-    save_maps: also write the raw maps to `out/{net}_{layer}_maps.npz`.
+    save_maps: also write the raw maps to `out/{net}_{layer}_maps.npz` (or `.zarr`).
+    maps_format: "npz" (one file, for small runs) or "zarr" (a chunked store, written as the run
+      goes, resumable; `jaxsal.map_store`).
+    maps_reduce: zarr only, any of "float16" (half the size; each map scaled by a power of two)
+      and "gray" (max |RGB| per pixel, a third of the size): a list or "float16,gray".
+    resume: continue the zarr store a killed run left (the same request), skipping what it holds.
     weights: a .safetensors or torchvision .pth file; None = the usual search order.
     batch_size: at most this many images per batch; None = chosen from the device's memory.
     precision: highest (float32, the default), default or bfloat16.
@@ -74,6 +96,9 @@ class Request:
     show: bool = False
     out: PathLike | None = None
     save_maps: bool = False
+    maps_format: str = "npz"
+    maps_reduce: str | Sequence[str] | None = None
+    resume: bool = False
     weights: PathLike | None = None
     batch_size: int | None = None
     precision: str = "highest"
@@ -85,17 +110,25 @@ class Request:
         for field in dataclasses.fields(self):  # types and single values: FIELD_CHECKS
             check = FIELD_CHECKS[field.name]
             object.__setattr__(self, field.name, check(f"-{field.name}", getattr(self, field.name)))
-        if len(self.channels) > MAX_CHANNELS:
-            raise UsageError(f"at most {MAX_CHANNELS} channels at once (got {len(self.channels)}): "
-                             f"run the command again for the others")
         if not self.show and self.out is None:
             raise UsageError("nothing would be kept: give -out DIR to save the figures, or -show "
                              "to display them")
         if self.save_maps and self.out is None:
             raise UsageError("-save_maps needs -out DIR (the folder the .npz file is written to)")
+        self._check_map_options()
         if self.vmin is not None and self.vmax is not None and self.vmin > self.vmax:
             raise UsageError(f"-vmin ({self.vmin}) is larger than -vmax ({self.vmax})")
         self.cluster.check()
+
+    def _check_map_options(self) -> None:
+        if self.maps_format != "npz" and not self.save_maps:
+            raise UsageError(f"-maps_format {self.maps_format} needs -save_maps")
+        if self.maps_reduce and self.maps_format != "zarr":
+            raise UsageError("-maps_reduce needs -save_maps -maps_format zarr (the .npz keeps "
+                             "float32 RGB maps)")
+        if self.resume and not (self.save_maps and self.maps_format == "zarr"):
+            raise UsageError("-resume continues a map store: it needs -save_maps -maps_format "
+                             "zarr")
 
     @property
     def meth(self) -> str:
@@ -114,7 +147,7 @@ class Request:
 FIELD_CHECKS: dict[str, arguments.Check] = {
     "net": arguments.name,
     "layer": arguments.name,
-    "channels": lambda what, value: arguments.channel_numbers("channels", value),
+    "channels": lambda what, value: parse_channels(value, "channels"),
     "stim": arguments.path,
     "method": lambda what, value: as_method(value),
     "mode": arguments.one_of(MODES),
@@ -125,6 +158,9 @@ FIELD_CHECKS: dict[str, arguments.Check] = {
     "show": arguments.flag,
     "out": arguments.optional(arguments.path),
     "save_maps": arguments.flag,
+    "maps_format": arguments.one_of(MAPS_FORMATS),
+    "maps_reduce": lambda what, value: maps_reductions(what, value),
+    "resume": arguments.flag,
     "weights": arguments.optional(arguments.path),
     "batch_size": arguments.optional(arguments.at_least(1)),
     "precision": arguments.one_of(PRECISIONS),
@@ -146,7 +182,11 @@ class Plan:
     stimuli: the stimulus list (`jaxsal.stimuli.StimulusSet`), every image checked.
     weights: `jaxsal.weights.Weights` read from disk (numpy, not on a device), holding the
       layer's stages.
-    out: the output folder (not created yet) or None. The other fields are the `Request`'s.
+    out: the output folder (not created yet) or None.
+    stimuli_per_shard: stimuli are dealt to processes, and saved in a zarr store, in shards of
+      this many (whole figures; `jaxsal.distributed.stimuli_per_shard`, or the store's).
+    store: with -maps_format zarr and -resume, what the existing store holds
+      (`jaxsal.map_store.StoreState`), else None. The other fields are the `Request`'s.
     """
 
     spec: "jaxsal.models.NetSpec"  # noqa: F821
@@ -164,8 +204,13 @@ class Plan:
     show: bool = False
     out: pathlib.Path | None = None
     save_maps: bool = False
+    maps_format: str = "npz"
+    maps_reduce: tuple[str, ...] = ()
+    resume: bool = False
     batch_size: int | None = None
     cluster: Cluster = Cluster()
+    stimuli_per_shard: int = 0
+    store: "jaxsal.map_store.StoreState | None" = None  # noqa: F821
 
     @property
     def net(self) -> str:
@@ -177,11 +222,18 @@ class Plan:
         return tuple(c + 1 for c in self.channels0)
 
     @property
+    def figure_channels(self) -> tuple[int, ...]:
+        """The channels drawn in the figures: the first `CHANNELS_PER_FIGURE`."""
+        from jaxsal.render.figures import CHANNELS_PER_FIGURE
+
+        return self.channels[:CHANNELS_PER_FIGURE]
+
+    @property
     def maps_path(self) -> pathlib.Path | None:
-        """`out/{net}_{layer}_maps.npz` with -save_maps, else None."""
+        """`out/{net}_{layer}_maps.npz` (or `.zarr`) with -save_maps, else None."""
         if not self.save_maps or self.out is None:
             return None
-        return self.out / f"{self.net}_{self.layer}_maps.npz"
+        return self.out / f"{self.net}_{self.layer}_maps.{self.maps_format}"
 
 
 def validate(request: Request) -> Plan:
@@ -189,13 +241,21 @@ def validate(request: Request) -> Plan:
     and channels, method, colormap, output folder, stimulus list and every image, weights --
     and read the stimulus list and the weights. UsageError on the first problem. No JAX."""
     from jaxsal.models import get_net_spec
+    from jaxsal.render.figures import CHANNELS_PER_FIGURE, STIMULI_PER_FIGURE
     from jaxsal.stimuli import read_stim_csv
     from jaxsal.weights import check_layer_weights, load_weights
 
     r = request
     spec = get_net_spec(r.net)
     channels = spec.check_channels(r.layer, r.channels)
+    if len(channels) > CHANNELS_PER_FIGURE and not r.save_maps:
+        raise UsageError(f"{len(channels)} channels: figures show at most {CHANNELS_PER_FIGURE}, "
+                         f"so the maps of all {len(channels)} must be saved: add -save_maps "
+                         f"-maps_format zarr (or name at most {CHANNELS_PER_FIGURE} channels)")
     method = resolve(r.method, spec, r.layer)
+    if "gray" in r.maps_reduce and method.info.maps_2d:
+        raise UsageError(f"-maps_reduce gray: the maps of -meth {method.name} are already 2-D "
+                         f"(one value per pixel)")
     if r.mode == "gray" or r.cmap != DEFAULT_CMAP or r.vmin is not None or r.vmax is not None:
         from jaxsal.render import check_cmap  # imports matplotlib: only when a cmap may be used
 
@@ -208,11 +268,19 @@ def validate(request: Request) -> Plan:
     stimuli = read_stim_csv(r.stim)
     weights = load_weights(spec, r.weights)
     check_layer_weights(spec, weights, r.layer)
-    return Plan(spec=spec, layer=r.layer, channels0=tuple(c - 1 for c in channels),
+    plan = Plan(spec=spec, layer=r.layer, channels0=tuple(c - 1 for c in channels),
                 method=method, stimuli=stimuli, weights=weights, precision=r.precision,
                 mode=r.mode, cmap=r.cmap, vmin=r.vmin, vmax=r.vmax, overlay=r.overlay,
-                show=r.show, out=out, save_maps=r.save_maps, batch_size=r.batch_size,
-                cluster=r.cluster)
+                show=r.show, out=out, save_maps=r.save_maps, maps_format=r.maps_format,
+                maps_reduce=r.maps_reduce, resume=r.resume, batch_size=r.batch_size,
+                cluster=r.cluster,
+                stimuli_per_shard=stimuli_per_shard(len(stimuli.paths), r.num_processes,
+                                                    STIMULI_PER_FIGURE))
+    if r.save_maps and r.maps_format == "zarr":
+        from jaxsal import map_store
+
+        plan = map_store.check_existing(plan)
+    return plan
 
 
 def check_out_dir(out: pathlib.Path) -> None:

@@ -26,6 +26,8 @@ Compile time is jaxsal's first call minus its steady-state call. (a) is timed on
                                             # another network: its default layers (conv13, fc3)
     python scripts/bench.py --ablate        # the "what we tried" variants of jaxsal's core
     python scripts/bench.py --cli           # the end-to-end dnn_saliency command, cold and warm
+    python scripts/bench.py --all-units     # every unit of a layer (AlexNet conv5: 256): jaxsal's
+                                            # channel blocks vs 52 calls of 5 channels vs PyTorch
     python scripts/bench_api.py             # jaxsal.saliency as imported vs (b), each side in its
                                             # own process (not in this one: see its docstring)
 
@@ -1092,6 +1094,134 @@ def print_cli(r: dict) -> None:
           f"whole process {_fmt(r['load_net_process_s'])}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Every unit of a layer (-chn all), each side in its own process
+
+
+ALL_UNITS_SIDE_PREFIX = "BENCH_SIDE_JSON "
+
+
+def all_units_jax(net_name: str, layer: str, n_images: int, repeats: int) -> dict:
+    """jaxsal's side: the maps of every unit of `layer` for one batch of `n_images` images,
+    (1) as `-chn all` computes them (`batching.iter_blocks`: one forward, one call per channel
+    block, each block fetched to the host) and (2) as today's limit of 5 channels per run did:
+    one fused call (forward + 5 VJPs) per 5 channels, 52 calls for 256 units -- the compute
+    only, without the 52 runs' start-up and decoding. Timed round-robin in this process."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import tiny_net
+    from jaxsal.batching import call_shape, iter_blocks
+    from jaxsal.core import compiled_saliency
+    from jaxsal.models import get_net_spec
+    from jaxsal.net import net_from_weights
+    from jaxsal.weights import Weights
+
+    spec = get_net_spec(net_name)
+    net = net_from_weights(spec, Weights(params=tiny_net.random_params(spec, seed=0),
+                                         source="random", sha256="0" * 64, provenance={}))
+    images = photo_like_images(n_images, 1, spec.input_size)
+    k = spec.layer(layer).width
+    channels = list(range(1, k + 1))
+    size, block = call_shape(net, layer, k, n_images)
+    first_five = {}
+
+    def blocks():
+        for result in iter_blocks(net, images, layer, channels, "guided", size=size, block=block):
+            if result.channels.start == 0:
+                first_five["blocks"] = result.maps[:5]
+
+    fused = compiled_saliency(spec, layer, "guided", "highest")
+    x = jax.device_put(jnp.asarray(images))
+    groups = [jnp.arange(c, min(c + 5, k), dtype=jnp.int32) for c in range(0, k, 5)]
+
+    def runs_of_five():
+        for j, group in enumerate(groups):
+            maps = np.asarray(fused(net.params, x, group))
+            if j == 0:
+                first_five["runs_of_5"] = maps
+
+    t = time.perf_counter()
+    blocks()
+    runs_of_five()
+    warmup = time.perf_counter() - t
+    times = round_robin({"blocks": blocks, "runs_of_5": runs_of_five}, repeats)
+    diff = np.abs(first_five["blocks"] - first_five["runs_of_5"]).max()
+    return {"side": "jax", "units": k, "images": n_images, "channels_per_call": block,
+            "images_per_call": size, "calls_of_5": len(groups), "warmup_s": warmup,
+            "seconds": dict(times), "foreign_cpu_share": dict(times.foreign),
+            "maps_per_s": {key: k * n_images / clean_median(times, key) for key in times},
+            "max_rel_diff_first_5": float(diff / np.abs(first_five["runs_of_5"]).max())}
+
+
+def all_units_torch(net_name: str, layer: str, n_images: int, repeats: int) -> dict:
+    """PyTorch done well on the same maps: one forward per batch stopped at the target, one
+    `torch.autograd.grad` per unit (graph retained), each map left on the host and dropped."""
+    import torch
+
+    import torch_baselines
+
+    torch.set_grad_enabled(True)
+    net = torch_baselines.build_net(net_name, torch_baselines.random_net_state_dict(net_name, 0),
+                                    "guided")
+    from jaxsal.models import get_net_spec
+
+    spec = get_net_spec(net_name)
+    k = spec.layer(layer).width
+    images = photo_like_images(n_images, 1, spec.input_size)
+    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+    def every_unit():
+        x = nchw.detach().requires_grad_(True)
+        a = net.forward_to(x, layer)
+        for c in range(1, k + 1):
+            torch.autograd.grad(torch_baselines._target(a, c).sum(), x, retain_graph=c < k)
+
+    t = time.perf_counter()
+    every_unit()
+    warmup = time.perf_counter() - t
+    times = round_robin({"torch": every_unit}, repeats)
+    return {"side": "torch", "units": k, "images": n_images, "warmup_s": warmup,
+            "torch_threads": torch.get_num_threads(), "seconds": dict(times),
+            "foreign_cpu_share": dict(times.foreign),
+            "maps_per_s": {"torch": k * n_images / clean_median(times, "torch")}}
+
+
+def bench_all_units(net_name: str, layer: str, n_images: int, repeats: int) -> dict:
+    """Both sides, each in a fresh process of this script (in one process with JAX, PyTorch's
+    speed was seen to move by 2x either way); jaxsal's side first."""
+    sides = {}
+    for side in ("jax", "torch"):
+        cmd = [sys.executable, __file__, "--all-units-side", side, "--net", net_name,
+               "--all-units-layer", layer, "--all-units-images", str(n_images), "--repeats",
+               str(repeats)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the {side} side failed:\n{done.stderr[-3000:]}")
+        line = next(l for l in done.stdout.splitlines() if l.startswith(ALL_UNITS_SIDE_PREFIX))
+        sides[side] = json.loads(line[len(ALL_UNITS_SIDE_PREFIX):])
+    rate = {**sides["jax"]["maps_per_s"], **sides["torch"]["maps_per_s"]}
+    return {"net": net_name, "layer": layer, "images": n_images, "units": sides["jax"]["units"],
+            "repeats": repeats, "sides": sides, "maps_per_s": rate,
+            "ratio_blocks_vs_runs_of_5": rate["blocks"] / rate["runs_of_5"],
+            "ratio_blocks_vs_torch": rate["blocks"] / rate["torch"]}
+
+
+def print_all_units(r: dict) -> None:
+    jax_side = r["sides"]["jax"]
+    _print_head(f"{r['net']} {r['layer']}: every unit ({r['units']}), {r['images']} images, guided, "
+                f"maps/s (median of {r['repeats']}; each side in its own process)",
+                f"{'-chn all (blocks of ' + str(jax_side['channels_per_call']) + ')':>26} "
+                f"{str(jax_side['calls_of_5']) + ' calls of 5':>14} {'PyTorch done well':>18} "
+                f"{'blocks/5s':>10} {'blocks/torch':>13}")
+    m = r["maps_per_s"]
+    print(f"{m['blocks']:>26.2f} {m['runs_of_5']:>14.2f} {m['torch']:>18.2f} "
+          f"{r['ratio_blocks_vs_runs_of_5']:>10.2f} {r['ratio_blocks_vs_torch']:>13.2f}")
+    print(f"(first 5 channels, blocks vs calls of 5: max relative difference "
+          f"{jax_side['max_rel_diff_first_5']:.1e})")
+
+
 def _fmt(x):
     return "n/a" if x is None else f"{x:.2f} s"
 
@@ -1148,6 +1278,14 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="the net's default layers (AlexNet: fc3 and conv5) guided at N=6, 2 repeats, "
                          "small precision table: a minute or two on AlexNet")
+    ap.add_argument("--all-units", action="store_true",
+                    help="only every unit of --all-units-layer: jaxsal's channel blocks (-chn all) "
+                         "vs one call per 5 channels (today's runs) vs PyTorch done well, each "
+                         "side in its own process")
+    ap.add_argument("--all-units-layer", default="conv5")
+    ap.add_argument("--all-units-images", type=int, default=8)
+    ap.add_argument("--all-units-side", choices=("jax", "torch"), default=None,
+                    help=argparse.SUPPRESS)  # one side, in the process --all-units starts
     ap.add_argument("--json-only", action="store_true", help="print only the JSON line")
     args = ap.parse_args(argv)
     from jaxsal.models import get_net_spec
@@ -1194,6 +1332,19 @@ def main(argv=None) -> dict:
     ADDED_FLAGS = jaxsal.tune_cpu()
     args = parse_args(argv)
     MAX_FOREIGN = args.max_foreign
+    if args.all_units_side:
+        side = {"jax": all_units_jax, "torch": all_units_torch}[args.all_units_side]
+        result = side(args.net, args.all_units_layer, args.all_units_images, args.repeats)
+        print(ALL_UNITS_SIDE_PREFIX + json.dumps(result, default=float), flush=True)
+        return result
+    if args.all_units:
+        report = {"net": args.net, "machine": machine_info(),
+                  "all_units": bench_all_units(args.net, args.all_units_layer,
+                                               args.all_units_images, args.repeats)}
+        if not args.json_only:
+            print_all_units(report["all_units"])
+        print(JSON_PREFIX + json.dumps(report, sort_keys=True, default=float), flush=True)
+        return report
     quiet = args.json_only
     log = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
     layers = [s for s in args.layers.split(",") if s]

@@ -72,9 +72,11 @@ def tree_of(root: int, seen: set[int]) -> list[int]:
     return sorted(set(out) | {p for p in seen if os.path.exists(f"/proc/{p}")})
 
 
-def measure(cmd: list[str], interval: float) -> dict:
+def measure(cmd: list[str], interval: float, **popen) -> dict:
+    """Run `cmd` (`popen`: subprocess.Popen's options, e.g. stdout=subprocess.DEVNULL) and
+    sample its tree until it ends."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, **popen)
     seen: set[int] = set()
     peak_tree, peak_main, most = 0, 0, 0
     while proc.poll() is None:

@@ -144,7 +144,7 @@ def test_out_of_memory_at_the_smallest_batch_is_a_clear_error(monkeypatch):
         return fn
 
     monkeypatch.setattr(runner, "compiled_saliency", fake_compiled)
-    monkeypatch.setattr(runner._Batcher, "dispatch", lambda self, batch: [(_Raise(), batch.shape[0])])
+    monkeypatch.setattr(runner._Engine, "dispatch", lambda self, batch, j: (batch.chunks, [_Raise()]))
     with pytest.raises(UsageError, match="out of device memory"):
         list(runner.iter_saliency(net, inputs(1), "conv1", [1], "vanilla", n_images=1, batch_size=1))
 

@@ -129,3 +129,21 @@ def test_api_benchmark_runs_each_side_in_its_own_process_and_prints_json():
     tuned = bool(xla_config.xla_flags_to_add({}, xla_config.jaxlib_version(),
                                              xla_config.accelerator_plugins_installed()))
     assert row["jaxsal_tuned"] is tuned
+
+
+@pytest.mark.slow
+def test_all_units_mode_runs_each_side_in_its_own_process():
+    """--all-units on AlexNet conv1 (64 units), one image: jaxsal's channel blocks, its calls of
+    5 channels and PyTorch, the two sides in two processes; the blocks' first 5 maps equal the
+    calls of 5."""
+    pytest.importorskip("torch")
+    cmd = [sys.executable, str(SCRIPT), "--all-units", "--all-units-layer", "conv1",
+           "--all-units-images", "1", "--repeats", "1", "--json-only"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+    r = json.loads(line[len("BENCH_JSON "):])["all_units"]
+    assert r["units"] == 64 and set(r["maps_per_s"]) == {"blocks", "runs_of_5", "torch"}
+    assert r["sides"]["jax"]["calls_of_5"] == 13 and r["sides"]["torch"]["side"] == "torch"
+    assert r["sides"]["jax"]["max_rel_diff_first_5"] < 1e-6
+    assert r["ratio_blocks_vs_torch"] > 0 and r["ratio_blocks_vs_runs_of_5"] > 0

@@ -69,6 +69,7 @@ def test_figure_jobs_in_flight_are_bounded(monkeypatch, capsys):
     monkeypatch.setattr(render, "default_render_workers", lambda: 3)
     figures = [(k + 1, range(6 * k, 6 * k + 6)) for k in range(40)]
     plan = types.SimpleNamespace(out=pathlib.Path("out"), show=False, channels0=(0,),
+                                 figure_channels=(1,),
                                  stimuli=types.SimpleNamespace(paths=[None] * 240))
     sink = pipeline.FigureSink(plan, figures, pipeline.Reporter())
     for _, cols in figures:

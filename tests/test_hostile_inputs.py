@@ -66,8 +66,8 @@ REQUEST = dict(net="TinyNet", layer="conv3", channels=[6], stim=STIM, out="out")
 
 BAD_FIELDS = {
     # case: (changes, the field the message names, what else it says)
-    "channels None": (dict(channels=None), "channels", "list of whole channel numbers"),
-    "channels text": (dict(channels="6"), "channels", "list of whole channel numbers"),
+    "channels None": (dict(channels=None), "channels", "takes channel numbers"),
+    "channels text": (dict(channels="six"), "channels", "got 'six'"),
     "channel 1.5": (dict(channels=[1.5]), "channels", "1.5"),
     "stim None": (dict(stim=None), "-stim", "path"),
     "stim 123": (dict(stim=123), "-stim", "path"),
@@ -131,9 +131,9 @@ def test_api_arguments_of_the_wrong_type_are_named(tiny_weights, tiny_net):
         (lambda: jaxsal.saliency(tiny_net, [EXAMPLES / "coffee.jpg"], 3, [6]),
          "layer must be a name"),
         (lambda: jaxsal.saliency(tiny_net, [EXAMPLES / "coffee.jpg"], "conv3", None),
-         "channels must be a list"),
+         "channels takes channel numbers"),
         (lambda: jaxsal.saliency(tiny_net, [EXAMPLES / "coffee.jpg"], "conv3", [6.5]),
-         "channels must be a list"),
+         "channels takes channel numbers"),
         (lambda: jaxsal.saliency(tiny_net, [EXAMPLES / "coffee.jpg"], "conv3", [6],
                                  batch_size="4"), "batch_size must be a whole number"),
         (lambda: jaxsal.plot(np.zeros((1, 1, 3, 32, 32)), [EXAMPLES / "coffee.jpg"], [6],
@@ -318,7 +318,7 @@ def test_decoding_holds_at_most_the_pixel_limit_at_once(tmp_path, monkeypatch, t
     budget.peak = 0
     from jaxsal.pipeline import Decoder
 
-    decoder = Decoder(plan, [(1, range(4))])
+    decoder = Decoder(plan, [0, 1, 2, 3], [(1, range(4))])
     try:
         assert [i for i, _, _ in decoder] == [0, 1, 2, 3]
     finally:

@@ -2,7 +2,7 @@
 
 The same-pixels tests run the command's own figure path -- `jaxsal.pipeline.Pipeline` with a real
 Plan (stimulus list, decode threads, display transform, FigureJob, the figure
-writer) -- on given maps: only the network is replaced, by a stand-in `iter_saliency` that
+writer) -- on given maps: only the network is replaced, by a stand-in `iter_blocks` that
 consumes the decoded inputs and yields the maps, and the figure workers by an in-process pool.
 Each figure the command writes is then compared with `jaxsal.plot` of the same maps and images:
 canvas RGBA against the plain figure of the command's FigureJob (exact, before any JPEG loss),
@@ -104,21 +104,23 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
                 method=resolve(meth, SPEC, "conv5"), stimuli=read_stim_csv(stim), weights=None,
                 mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, out=tmp_path / "out", overlay=overlay)
 
-    def iter_saliency(net, inputs, layer, chans, method, n_images, batch_size, precision, reporter=None):
-        assert n_images == maps.shape[1] and tuple(chans) == tuple(channels)
+    def iter_blocks(net, inputs, layer, chans, method, *, size, block, precision, values,
+                    batches, reporter=None):
+        assert tuple(chans) == tuple(channels) and batches is None and not values
         done, batch = 0, []
-        for x in inputs:  # batches of 4: figures complete across batch boundaries
+        for x in inputs:  # batches of `size` = 4: figures complete across batch boundaries
             batch.append(x)
-            if len(batch) == 4 or done + len(batch) == n_images:
-                yield maps[:, done:done + len(batch)]
+            if len(batch) == size or done + len(batch) == maps.shape[1]:
+                yield types.SimpleNamespace(start=done, channels=range(len(chans)), values=None,
+                                            maps=maps[:, done:done + len(batch)], last=True)
                 done, batch = done + len(batch), []
 
     pool = InlinePool()
     monkeypatch.setattr(render, "render_pool", lambda workers: pool)
     monkeypatch.setattr(render, "default_render_workers", lambda: 1)
     # The network stands in for jaxsal.batching (which would import JAX for nothing).
-    monkeypatch.setitem(sys.modules, "jaxsal.batching",
-                        types.SimpleNamespace(iter_saliency=iter_saliency))
+    monkeypatch.setitem(sys.modules, "jaxsal.batching", types.SimpleNamespace(
+        iter_blocks=iter_blocks, call_shape=lambda net, layer, k, n, batch_size: (4, k)))
     net = types.SimpleNamespace(spec=SPEC, weights=None)
     with pipeline.Pipeline(plan) as stages:
         stages.execute(net)

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 from typing import Callable
 
+from jaxsal.channels import expand_channels, parse_channels
 from jaxsal.errors import UsageError
 from jaxsal.models.layers import CountingBackend, ParamBackend, run_stages
 
@@ -158,16 +159,17 @@ class NetSpec:
 
     # -- checks of a request ------------------------------------------------------------------
 
-    def check_channels(self, layer: str, channels) -> tuple[int, ...]:
-        """Validate 1-based channel numbers for `layer`; returns them as a tuple of ints."""
+    def check_channels(self, layer: str, channels, name: str = "channels") -> tuple[int, ...]:
+        """Validate a channel selection for `layer` (`jaxsal.channels`: numbers, ranges, 'all');
+        returns its 1-based numbers as a tuple of ints."""
         info = self.layer(layer)
-        channels = tuple(int(c) for c in channels)
-        if not channels:
-            raise UsageError("no channel given: name at least one channel number, e.g. -chn 1")
+        channels = expand_channels(parse_channels(channels, name), info.width)
         bad = [c for c in channels if not 1 <= c <= info.width]
         if bad:
+            shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5
+                                                     else "")
             raise UsageError(
-                f"channel number(s) {', '.join(map(str, bad))} out of range for {self.name} layer "
+                f"channel number(s) {shown} out of range for {self.name} layer "
                 f"{layer!r}, which has {info.width} channels: use 1..{info.width} (1-based)"
             )
         return channels

@@ -21,6 +21,7 @@ from jaxsal.render.display import (
     to_display_2d,
 )
 from jaxsal.render.figures import (
+    CHANNELS_PER_FIGURE,
     FIGURE_DPI,
     FIGURE_SIZE_IN,
     JPEG_QUALITY,
@@ -41,6 +42,7 @@ from jaxsal.render.pool import default_render_workers, render_job, render_pool, 
 from jaxsal.render.show import can_show, show_figure
 
 __all__ = [
+    "CHANNELS_PER_FIGURE",
     "FIGURE_DPI",
     "FIGURE_SIZE_IN",
     "JPEG_QUALITY",

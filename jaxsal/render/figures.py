@@ -28,6 +28,7 @@ __all__ = [
     "FIGURE_SIZE_IN",
     "JPEG_QUALITY",
     "STIMULI_PER_FIGURE",
+    "CHANNELS_PER_FIGURE",
     "FigureJob",
     "build_figure",
     "channel_label",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 STIMULI_PER_FIGURE = 6
+CHANNELS_PER_FIGURE = 5  # rows below the stimuli (the original's limit); more are saved, not drawn
 FIGURE_SIZE_IN = (10.0, 6.0)  # width, height: 1000 x 600 px at FIGURE_DPI
 FIGURE_DPI = 100
 JPEG_QUALITY = 95

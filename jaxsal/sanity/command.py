@@ -13,6 +13,7 @@ import time
 from typing import Sequence
 
 from jaxsal import cli, method_flags
+from jaxsal.channels import parse_channels
 from jaxsal.reporting import Reporter
 from jaxsal.request import Flag
 from jaxsal.sanity import plan as plans
@@ -77,7 +78,7 @@ def request_from_flags(fv) -> plans.CheckRequest:
     methods = method_flags.methods_from_flags(
         names, {flag.name: fv[flag.name].value for flag in method_flags.OPTIONS}, given)
     return plans.CheckRequest(
-        net=fv.net, layer=fv.layer, channels=cli.channel_numbers(fv.chn), stim=fv.stim,
+        net=fv.net, layer=fv.layer, channels=parse_channels(fv.chn, "-chn"), stim=fv.stim,
         methods=methods, tests=fv.tests, steps=fv.steps, fill=fv.fill, topk=fv.topk,
         rand_layers=fv.rand_layers, rand_seed=fv.rand_seed, weights=fv.weights,
         batch_size=fv.batch_size, precision=fv.precision, out=fv.out)
