@@ -1,7 +1,12 @@
-"""The built-in networks: the original's seven (SPEC §8), then VGG-16 and ResNet-50."""
+"""The built-in networks: the original's seven (SPEC §8), then VGG-16 and ResNet-50, then the
+networks beyond the original (issue 18)."""
 from jaxsal.models.alexnet import ALEXNET
+from jaxsal.models.densenet import DENSENET121
 from jaxsal.models.inception import GOOGLENET, INCEPTION_V3
-from jaxsal.models.resnet import RESNET50, RESNET152
+from jaxsal.models.resnet import RESNET18, RESNET34, RESNET50, RESNET152
 from jaxsal.models.vgg import VGG11, VGG16, VGG19_BN, VGG_FACE
 
 NETWORKS = (ALEXNET, VGG_FACE, VGG11, VGG19_BN, GOOGLENET, RESNET152, INCEPTION_V3, VGG16, RESNET50)
+
+# Beyond the original's networks (issue 18): ResNet-18/34 (basic blocks), DenseNet-121.
+NETWORKS += (RESNET18, RESNET34, DENSENET121)
