@@ -12,8 +12,8 @@ Three implementations of the same maps (CPU, float32):
   (c) jax    jaxsal's jitted core (`jaxsal.core.compiled_saliency`).
 
 Any registered network (--net, default AlexNet) on seeded random weights, the same on both sides
-(converted with `jaxsal.weights.conversion.from_torchvision`); PyTorch's AlexNet is
-scripts/torch_baselines.py's, every other network tests/torch_nets.py's plain-PyTorch one.
+(converted with `jaxsal.weights.conversion.from_torchvision`); PyTorch's networks are the
+reference zoo of the tests (tests/torch_nets.py, through scripts/torch_baselines.py).
 
 Steady state is the median of --repeats timed calls after a warm-up call; the three are timed
 round-robin (one call of each per round) so that load from other processes hits them alike.

@@ -13,9 +13,10 @@ accelerator; Captum runs on the CPU):
 Also the cost of SmoothGrad (n = --smooth) and integrated gradients (M = --ig-steps) relative to
 their base method (guided and vanilla), which should be about n and M.
 
-Weights: a seeded random AlexNet in torchvision's layout (He-scaled; shapes from its description,
-`NetSpec.params`), converted with jaxsal's converter (`jaxsal.weights.conversion.from_torchvision`); the timing does not depend on the values. Images: the bundled example photographs,
-repeated to fill the batch.
+Weights: a seeded random AlexNet in torchvision's layout (He-scaled; the reference zoo's,
+tests/torch_nets.py), converted with jaxsal's converter
+(`jaxsal.weights.conversion.from_torchvision`); the timing does not depend on the values. Images:
+the bundled example photographs, repeated to fill the batch.
 
     python scripts/bench_methods.py                      # batch 16, conv5, 2 channels
     python scripts/bench_methods.py --batch 64 --repeats 3
@@ -36,7 +37,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # torch_reference.py: an independent torch AlexNet
+sys.path.insert(0, str(REPO / "tests"))  # the reference zoo of the tests: tests/torch_nets.py
 
 import jaxsal  # noqa: E402
 
@@ -48,32 +49,11 @@ JSON_PREFIX = "BENCH_METHODS_JSON "
 CASES = ("vanilla", "guided", "deconv", "ig", "smoothgrad", "gradcam", "guided_gradcam")
 
 
-# jaxsal layout rule (`jaxsal.weights.conversion.LAYOUT_RULES`) -> jaxsal shape -> torch shape
-TORCH_SHAPE = {
-    "conv": lambda s: (s[3], s[2], s[0], s[1]),  # HWIO -> OIHW
-    "linear": lambda s: (s[1], s[0]),
-    "linear_after_flatten": lambda s: (s[1], s[0]),
-    "copy": lambda s: s,
-}
+def random_state_dict(seed: int = 0) -> dict:
+    """AlexNet's seeded random torchvision state_dict (tests/torch_nets.py), as numpy float32."""
+    import torch_nets
 
-
-def random_state_dict(seed: int = 0, net: str = "AlexNet") -> dict:
-    """torchvision-layout state_dict of a conv/linear network without batch norm (AlexNet), from
-    its description: seeded He-scaled normal weights, N(0, 0.05^2) biases (numpy float32)."""
-    from jaxsal.models import get_net_spec
-
-    rng = np.random.default_rng(seed)
-    out = {}
-    for p in get_net_spec(net).params:
-        shape = TORCH_SHAPE[p.rule](p.shape)
-        if p.torch_key.endswith(".weight"):
-            fan_in = int(np.prod(shape[1:]))
-            out[p.torch_key] = (rng.standard_normal(shape) * (2 / fan_in) ** 0.5).astype(np.float32)
-        elif p.torch_key.endswith(".bias"):
-            out[p.torch_key] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
-        else:
-            raise ValueError(f"{p.torch_key}: only conv/linear networks (no batch norm) here")
-    return out
+    return {k: v.numpy() for k, v in torch_nets.random_state_dict("AlexNet", seed).items()}
 
 
 def images(n: int) -> np.ndarray:
@@ -126,11 +106,9 @@ def captum_case(state_dict, x, layer, channels, case, args, repeats):
     import torch
     from captum import attr
 
-    from torch_reference import TORCH_LAYERS, TorchAlexNet
+    import torch_nets
 
-    net = TorchAlexNet(guided=False)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
-    net.eval()
+    net = torch_nets.build("AlexNet", state_dict)
 
     class Targets(torch.nn.Module):
         def __init__(self):
@@ -143,8 +121,7 @@ def captum_case(state_dict, x, layer, channels, case, args, repeats):
 
     model = Targets()
     inputs = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    part, index = TORCH_LAYERS[args.cam_layer]
-    cam_module = getattr(net, part)[index]
+    cam_module = net.module(args.cam_layer)
     size = x.shape[1]
     mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]

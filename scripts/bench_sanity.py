@@ -14,8 +14,8 @@ the random pixel order's curve.
   channel: the explanations once (a torch gradient of the unit, reduced over RGB as jaxsal's
   |map|), `quantus.MPRT(layer_order="top_down")` and `quantus.PixelFlipping` with them; and
   PixelFlipping in the random order. The model is torchvision's AlexNet cut after conv5
-  (scripts/torch_baselines.py's, the same weights) with the channel means as its outputs, so
-  MPRT re-initialises exactly conv5 ... conv1. PixelFlipping steps in features: a step of whole
+  (tests/torch_nets.py's, the same weights) with the channel means as its outputs, so MPRT
+  re-initialises exactly conv5 ... conv1. PixelFlipping steps in features: a step of whole
   pixels is 3 * 224^2 / 16 features, which does not divide 224^2 as Quantus asserts it must, so
   the benchmark lifts that one assertion (the loop itself runs ceil(3 * 224^2 / step) = 16
   steps); `perturb_baseline=0.0` is jaxsal's `mean` fill (zeros in normalised space).
@@ -59,9 +59,9 @@ def torch_unit_model(method: str, state: dict):
     """AlexNet up to conv5 (torch), outputs (N, 256): each channel's spatial mean."""
     import torch
 
-    import torch_baselines
+    import torch_nets
 
-    net = torch_baselines.AlexNet(guided=method == "guided")
+    net = torch_nets.AlexNet(guided=method == "guided")
     features = net.features[:11]  # conv1 ... conv5
     features.load_state_dict({k.removeprefix("features."): torch.as_tensor(v)
                               for k, v in state.items() if k.startswith("features.")})

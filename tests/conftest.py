@@ -46,18 +46,11 @@ TORCHVISION_ALEXNET_SHAPES = {
 
 
 def random_torchvision_alexnet(seed: int = 0):
-    """OrderedDict of torch float32 tensors: He-scaled weights, small biases (seeded)."""
-    import torch
+    """OrderedDict of torch float32 tensors: He-scaled weights, small biases (seeded): the
+    reference zoo's (tests/torch_nets.py)."""
+    import torch_nets
 
-    gen = torch.Generator().manual_seed(seed)
-    state = collections.OrderedDict()
-    for key, shape in TORCHVISION_ALEXNET_SHAPES.items():
-        if key.endswith(".weight"):
-            fan_in = int(np.prod(shape[1:]))
-            state[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
-        else:
-            state[key] = torch.randn(shape, generator=gen) * 0.05
-    return state
+    return torch_nets.random_state_dict("AlexNet", seed)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,16 @@ def test_flop_count():
     assert conv5["executed_gflop_per_map"] == pytest.approx(1.5 * (1.311 - 2 * macs["conv5"] / 1e9), abs=1e-3)
 
 
+@pytest.mark.parametrize("name,gmac", [("Resnet18", 1.814), ("Resnet34", 3.664), ("Densenet121", 2.834)])
+def test_flop_count_of_the_networks_beyond_the_original(name, gmac):
+    """Multiply-accumulates per 224 x 224 image, as torchvision's model table gives them
+    ("GFLOPS" 1.81, 3.66, 2.83): basic blocks, dense blocks and transitions are counted."""
+    from jaxsal.models import get_net_spec
+
+    macs = sum(m for _, m in load_bench().layer_macs(get_net_spec(name)))
+    assert macs / 1e9 == pytest.approx(gmac, abs=1e-3)
+
+
 def test_flop_count_of_a_transformer():
     """ViT-B/16: per block 4 T C^2 (projections) + 2 T^2 C (attention products) + 2 T C M (MLP)
     forward; the input gradient needs both factors' gradients of the attention products."""

@@ -1,8 +1,8 @@
 """Parity of every attribution method with Captum (PyTorch's attribution library), float32.
 
 Both sides use the same weights: the seeded random torchvision AlexNet of tests/conftest.py,
-converted by jaxsal's converter. The torch side is tests/torch_reference.py's independent
-AlexNet (plain nn.ReLU modules, not in place, so Captum's ReLU hooks apply), wrapped so that its
+converted by jaxsal's converter. The torch side is tests/torch_nets.py's independent
+AlexNet (nn.ReLU modules, not in place, so Captum's ReLU hooks apply), wrapped so that its
 output is jaxsal's target (SPEC §4) for every channel at once: the spatial mean of each channel
 (conv-like layers) or the units (fc layers), shape (N, C). Captum's `target=c - 1` then picks
 channel c (1-based).
@@ -41,7 +41,7 @@ from jaxsal.models import get_net_spec  # noqa: E402
 from jaxsal.net import nest_params  # noqa: E402
 from jaxsal.weights.conversion import from_torchvision  # noqa: E402
 from jaxsal.stimuli import load_image, to_network_input  # noqa: E402
-from torch_reference import TORCH_LAYERS, TorchAlexNet  # noqa: E402
+import torch_nets  # noqa: E402
 
 pytestmark = pytest.mark.slow  # full-size AlexNet on both sides
 
@@ -68,9 +68,7 @@ def setup(torchvision_alexnet_checkpoint):
     spec = get_net_spec("AlexNet")
     params = {k: {n: jnp.asarray(a) for n, a in v.items()}
               for k, v in nest_params(from_torchvision(spec, state_dict)).items()}
-    net = TorchAlexNet(guided=False)
-    net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()})
-    net.eval()
+    net = torch_nets.build("AlexNet", state_dict)
     photos = [REPO / "examples" / name for name in ("chelsea_cat.jpg", "coffee.jpg")]
     x = np.stack([to_network_input(load_image(p)) for p in photos])  # (N, S, S, 3)
     # Dither by ~1 grey level: flat patches (saturated sky, JPEG blocks) make exact max-pool
@@ -205,8 +203,7 @@ def test_smoothgrad_with_shared_noise(setup, monkeypatch):
 
 
 def torch_module(setup, layer):
-    part, index = TORCH_LAYERS[layer]
-    return getattr(setup[2], part)[index]
+    return setup[2].module(layer)
 
 
 @pytest.mark.parametrize("layer, cam_layer", [("fc3", "conv5"), ("conv4", "conv2")])

@@ -1,5 +1,5 @@
-"""Parity of jaxsal's maps with an independent plain-PyTorch implementation (tests/torch_reference.py)
-on the same random weights, saved with torch.save and converted by jaxsal's converter.
+"""Parity of jaxsal's maps with an independent plain-PyTorch implementation (tests/torch_nets.py's
+AlexNet) on the same random weights, saved with torch.save and converted by jaxsal's converter.
 
 float64 on both sides: relative L2 error < 1e-9 per case. float32: median per-map relative error
 < 1e-5 and no map above 5e-2 (max-pool near-ties may route a gradient to a neighbouring pixel).
@@ -31,7 +31,7 @@ torch = pytest.importorskip("torch")
 import jaxsal  # noqa: E402
 from jaxsal.xla_config import EIGEN_CONV_FLAG, OPT_OUT_ENV  # noqa: E402
 from jaxsal.stimuli import to_network_input  # noqa: E402
-from torch_reference import TorchAlexNet, torch_saliency  # noqa: E402
+import torch_nets  # noqa: E402
 
 METHODS = ("vanilla", "guided")
 PARITY_LAYERS = ("conv1", "conv1_relu", "conv2_maxpool", "conv4", "conv5_maxpool", "fc1", "fc2_relu",
@@ -42,8 +42,7 @@ assert set(PARITY_LAYERS) <= set(jaxsal.models.get_net_spec("AlexNet").layer_nam
 def channels_for(net, layer, torch_sd, x_nhwc):
     """First, last, and the most active channel for these images (so that at least one map is
     non-zero even where random weights leave units dead, e.g. after fc1's ReLU)."""
-    reference = TorchAlexNet()
-    reference.load_state_dict(torch_sd)
+    reference = torch_nets.build("AlexNet", torch_sd)
     with torch.no_grad():
         out = reference.forward_to(torch.as_tensor(x_nhwc.transpose(0, 3, 1, 2)).float(), layer)
     score = out.mean(dim=(2, 3)) if out.ndim == 4 else out
@@ -120,8 +119,8 @@ def test_float64_parity(converted, float64_maps, layer, method):
     x, channels, maps = float64_maps
     ours = maps[f"{layer}/{method}"]
     assert ours.dtype == np.float64
-    ref = torch_saliency(torch_sd, x.transpose(0, 3, 1, 2), layer, channels[layer],
-                         method == "guided", torch.float64)
+    ref = torch_nets.torch_saliency("AlexNet", torch_sd, x.transpose(0, 3, 1, 2), layer,
+                                    channels[layer], method == "guided", torch.float64)
     assert ours.shape == ref.shape == (3, 3, 3, 224, 224)
     assert np.abs(ref).max() > 0
     err = relative_errors(ours, ref)
@@ -139,7 +138,8 @@ def test_float32_parity_through_api(converted, photos, layer, method):
     ours = jaxsal.saliency(net, photos, layer, channels, method=method, batch_size=3)
     assert ours.dtype == np.float32 and ours.shape == (3, 4, 3, 224, 224)
     assert np.abs(ours).max() > 0
-    ref = torch_saliency(torch_sd, x.transpose(0, 3, 1, 2), layer, channels, method == "guided", torch.float32)
+    ref = torch_nets.torch_saliency("AlexNet", torch_sd, x.transpose(0, 3, 1, 2), layer, channels,
+                                    method == "guided", torch.float32)
     err = relative_errors(ours, ref)
     assert np.median(err) < 1e-5, f"float32 {layer}/{method}: median relative error {np.median(err):.3g}"
     assert err.max() < 5e-2, f"float32 {layer}/{method}: worst map relative error {err.max():.3g}"

@@ -112,6 +112,50 @@ RELU_CALLS["VitB16"] = 0
 
 SMALL = ("Googlenet", "InceptionV3", "Resnet50")  # random_state_dict under 0.5 s
 
+# -- AlexNet (the one reference of tests and scripts) and the networks beyond the original's
+# (issue 18): ResNet-18/34, DenseNet-121 ---------------------------------------------------------
+#   AlexNet: 5 convs + 3 linears, 2 each.
+#   Resnet18: stem 6 + 8 basic blocks x 12 + 3 downsamples x 6 + fc 2. Resnet34: 16 blocks.
+#   Densenet121: conv0 1 + norm0 5 + 58 dense layers x 12 + 3 transitions x 6 + norm5 5 + 2.
+KEY_COUNTS |= {"AlexNet": 16, "Resnet18": 122, "Resnet34": 218, "Densenet121": 727}
+SPOT_KEYS |= {
+    "AlexNet": {"features.0.weight": (64, 3, 11, 11), "features.10.bias": (256,),
+                "classifier.1.weight": (4096, 9216), "classifier.6.bias": (1000,)},
+    "Resnet18": {"conv1.weight": (64, 3, 7, 7), "layer1.0.conv1.weight": (64, 64, 3, 3),
+                 "layer2.0.downsample.0.weight": (128, 64, 1, 1), "layer4.1.bn2.running_var": (512,),
+                 "fc.weight": (1000, 512)},
+    "Resnet34": {"layer3.5.conv2.weight": (256, 256, 3, 3), "layer4.2.bn2.weight": (512,),
+                 "layer4.0.downsample.1.running_mean": (512,), "fc.weight": (1000, 512)},
+    "Densenet121": {"features.conv0.weight": (64, 3, 7, 7), "features.norm0.running_var": (64,),
+                    "features.denseblock1.denselayer1.norm1.weight": (64,),
+                    "features.denseblock1.denselayer1.conv1.weight": (128, 64, 1, 1),
+                    "features.denseblock1.denselayer6.conv2.weight": (32, 128, 3, 3),
+                    "features.transition1.conv.weight": (128, 256, 1, 1),
+                    "features.denseblock4.denselayer16.norm1.running_mean": (992,),
+                    "features.norm5.weight": (1024,), "classifier.weight": (1000, 1024)},
+}
+SPOT_SHAPES |= {
+    "AlexNet": {"conv1": (64, 55, 55), "conv1_maxpool": (64, 27, 27), "conv2": (192, 27, 27),
+                "conv5_maxpool": (256, 6, 6), "fc1": (4096,), "fc3": (1000,)},
+    "Resnet18": {"conv": (64, 112, 112), "maxpool": (64, 56, 56), "layer1_basicblock1": (64, 56, 56),
+                 "layer2_basicblock0": (128, 28, 28), "layer4_basicblock1": (512, 7, 7),
+                 "avgpool": (512, 1, 1), "fc": (1000,)},
+    "Resnet34": {"layer3_basicblock5": (256, 14, 14), "layer4_basicblock2": (512, 7, 7), "fc": (1000,)},
+    "Densenet121": {"conv0": (64, 112, 112), "pool0": (64, 56, 56), "denseblock1": (256, 56, 56),
+                    "transition1": (128, 28, 28), "denseblock2": (512, 28, 28),
+                    "transition2": (256, 14, 14), "denseblock3": (1024, 14, 14),
+                    "transition3": (512, 7, 7), "denseblock4": (1024, 7, 7), "norm5": (1024, 7, 7),
+                    "fc": (1000,)},
+}
+LAYER_COUNTS |= {"AlexNet": 13 + 5, "Resnet18": 4 + 8 + 2, "Resnet34": 4 + 16 + 2,
+                 "Densenet121": 4 + 4 + 3 + 2}
+# AlexNet 5 + 2; basic blocks: 2 each; DenseNet: relu0, 2 per dense layer, 1 per transition and
+# the functional one before the classifier.
+RELU_CALLS |= {"AlexNet": 7, "Resnet18": 1 + 8 * 2, "Resnet34": 1 + 16 * 2,
+               "Densenet121": 1 + 58 * 2 + 3 + 1}
+FIRST_RELU |= {"AlexNet": "conv1_relu", "Resnet18": "relu", "Resnet34": "relu",
+               "Densenet121": "relu0"}
+
 
 def _images(n, size, seed=1):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -136,6 +180,32 @@ def test_layers_and_shapes(name):
     assert tuple(shapes) == net_cls.LAYERS
     for layer, shape in SPOT_SHAPES[name].items():
         assert shapes[layer] == shape, layer
+
+
+def test_alexnet_keys_are_torchvisions():
+    """AlexNet's state_dict keys, order and shapes are those written out in conftest.py from
+    torchvision's alexnet."""
+    from conftest import TORCHVISION_ALEXNET_SHAPES
+
+    assert [(k, shape) for k, (shape, _) in state_dict_shapes("AlexNet").items()] == \
+        list(TORCHVISION_ALEXNET_SHAPES.items())
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_every_relu_module_is_an_nn_relu(name):
+    """Captum's GuidedBackprop, Deconvolution and GuidedGradCam hook nn.ReLU modules."""
+    relus = [m for m in torch_nets._meta_model(name).modules() if isinstance(m, torch_nets.ReLU)]
+    assert relus and all(isinstance(m, torch.nn.ReLU) and not m.inplace for m in relus)
+
+
+def test_densenet_published_key_names():
+    """densenet121-a639ec97.pth's names (torchvision's `_load_state_dict` pattern)."""
+    key = torch_nets.densenet_published_key
+    assert key("features.denseblock1.denselayer1.norm1.weight") == "features.denseblock1.denselayer1.norm.1.weight"
+    assert key("features.denseblock3.denselayer24.conv2.weight") == "features.denseblock3.denselayer24.conv.2.weight"
+    assert key("features.denseblock2.denselayer3.norm2.running_var") == "features.denseblock2.denselayer3.norm.2.running_var"
+    assert key("features.transition1.norm.weight") == "features.transition1.norm.weight"
+    assert key("features.norm5.bias") == "features.norm5.bias"
 
 
 def test_vgg19_bn_layer_order():

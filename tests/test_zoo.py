@@ -1,5 +1,6 @@
 """Every built-in network against an independent plain-PyTorch implementation
-(`tests/torch_nets.py`, torchvision's architectures module for module).
+(`tests/torch_nets.py`, torchvision's architectures module for module; AlexNet's full-size parity
+and Captum's methods are tests/test_saliency_parity.py's and tests/test_methods_captum.py's).
 
 Fast: the layer table derived from each description (names, order, output shapes) equals the
 torch model's, and the torchvision key map converts a random torch state_dict. Slow: the Flax
@@ -43,7 +44,7 @@ def test_layer_table_is_the_torch_models(name):
     assert {layer.kind for layer in spec.layers if len(layer.shape) == 1} <= {"fc"}
 
 
-BIG = {"Vgg11", "Vgg16", "Vgg19_bn", "VggFace", "Resnet152", "VitB16"}  # 0.2-0.6 GB of random weights
+BIG = {"AlexNet", "Vgg11", "Vgg16", "Vgg19_bn", "VggFace", "Resnet152", "VitB16"}  # 0.2-0.6 GB of random weights
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in ZOO])
@@ -60,6 +61,41 @@ def test_a_checkpoint_of_another_network_is_named():
     with pytest.raises(UsageError, match="holds Resnet50 weights, not Vgg11"):
         convert_state_dict(get_net_spec("Vgg11"), state_dict("Resnet50"),
                            source_file="resnet50-0676ba61.pth", source_sha256="0" * 64)
+
+
+# -- Beyond the original's networks (issue 18): ResNet-18/34, DenseNet-121 --------------------
+
+
+def published_densenet(name: str = "Densenet121") -> dict:
+    """The random DenseNet state_dict under the published checkpoint's older key names
+    (`denselayer1.norm.1.weight`), without the batch-norm counters it predates."""
+    return {torch_nets.densenet_published_key(k): v for k, v in state_dict(name).items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def test_published_densenet_keys_are_renamed_by_its_description():
+    """densenet121-a639ec97.pth's old key names convert to the same params as today's names:
+    the rename is the description's (`WeightSource.rename_torch_key`), not the converter's."""
+    spec = get_net_spec("Densenet121")
+    old = published_densenet()
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    assert "features.denseblock4.denselayer16.conv.2.weight" in old
+    ours = from_torchvision(spec, old)
+    expected = from_torchvision(spec, state_dict("Densenet121"))
+    assert ours.keys() == expected.keys()
+    assert all(np.array_equal(ours[k], expected[k]) for k in ours)
+    assert spec.weights.rename_torch_key("features.transition1.norm.weight") == "features.transition1.norm.weight"
+
+
+# (in this order, the random state_dicts of state_dict's small cache are reused)
+@pytest.mark.parametrize("held,wanted", [("Densenet121", "Resnet18"), ("Resnet34", "Resnet18"),
+                                         ("Resnet18", "Resnet34")])
+def test_a_checkpoint_of_a_sibling_network_is_named(held, wanted):
+    """Same key names, other block counts (ResNet-18 vs 34): refused naming both; a published
+    DenseNet file (old key names) is recognised through its network's rename."""
+    weights = published_densenet() if held == "Densenet121" else state_dict(held)
+    with pytest.raises(UsageError, match=f"holds {held} weights, not {wanted}: use -net {held}"):
+        convert_state_dict(get_net_spec(wanted), weights, source_file="x.pth", source_sha256="0" * 64)
 
 
 @pytest.mark.slow
@@ -113,6 +149,25 @@ FLOAT64 = {"Googlenet", "InceptionV3", "Resnet50"}
 # are 1.3e-3 from float64, jaxsal's 4e-4), so float32 agreement would measure the conditioning.
 FULL_SIZE = {"Vgg11": (("fc3", (3, 1000)),)}
 
+# Beyond the original's networks (issue 18): each new network in float32 at 64 x 64 (Resnet18 and
+# Densenet121 to fc: every block and the head; Resnet34, whose head and blocks are Resnet18's, to
+# layer2), and in float64 at full size on 2 images to an inner target (a downsampling basic block;
+# a dense block and a transition). Not float32 at full size: the upsampled noise stimuli make
+# max-pool near-ties there (DenseNet's transition1: one image's maps 1e-3 off in float32, exact
+# in float64). DenseNet's whole network compiles in ~18 s per method and precision, so its fc
+# case runs guided only (the vanilla ReLU rule is in its full-size case): one compilation, not four.
+PARITY |= {
+    "Resnet18": (64, (("fc", (1, 1000)),)),
+    "Resnet34": (64, (("layer2_basicblock3", (3, 40)),)),
+    "Densenet121": (64, (("fc", (7, 1000), ("guided",)),)),
+}
+FULL_SIZE |= {
+    "Resnet18": (("layer2_basicblock0", (5, 40)),),
+    "Resnet34": (("layer1_basicblock2", (3, 40)),),
+    "Densenet121": (("transition1", (2, 60)),),
+}
+IMAGES = {"Resnet18@224": 2, "Resnet34@224": 2, "Densenet121@224": 2}  # others: 4
+
 
 def sized(name: str, size: int):
     spec = get_net_spec(name)
@@ -133,17 +188,19 @@ def relative_l2(ours, ref):
     return np.sqrt(((ours - ref) ** 2).sum(axes)) / np.sqrt((ref ** 2).sum(axes))
 
 
-def check_parity(spec, cases, float32: bool = True, float64: bool = True):
+def check_parity(spec, cases, float32: bool = True, float64: bool = True, n_images: int = 4):
+    """Each case is (layer, channels) or (layer, channels, methods); methods default to vanilla
+    and guided."""
     import jax
 
     from jaxsal.core import compiled_saliency
     from jaxsal.net import nest_params
 
     name = spec.name
-    x = noise_inputs(spec)
+    x = noise_inputs(spec, n_images)
     params = nest_params(from_torchvision(get_net_spec(name), state_dict(name)))  # full-size layout
-    for layer, channels in cases:
-        for method in ("vanilla", "guided"):
+    for layer, channels, *methods in cases:
+        for method in (methods[0] if methods else ("vanilla", "guided")):
             ref = torch_nets.torch_saliency(name, state_dict(name), x.transpose(0, 3, 1, 2).astype(np.float64),
                                             layer, channels, guided=method == "guided",
                                             dtype=torch.float64)
@@ -165,13 +222,13 @@ def check_parity(spec, cases, float32: bool = True, float64: bool = True):
 
 def check_all(cases) -> dict:
     """{name (or name@224 at full size): None or the failure} of `check_parity` for each
-    (name, size or None, cases, float32, float64)."""
+    (name, size or None, cases, float32, float64), on IMAGES[name] images (default 4)."""
     results = {}
     for name, size, net_cases, float32, float64 in cases:
         key = name if size else f"{name}@224"
         try:
             check_parity(sized(name, size) if size else get_net_spec(name), net_cases, float32,
-                         float64)
+                         float64, IMAGES.get(key, 4))
             results[key] = None
         except AssertionError as e:
             results[key] = f"{type(e).__name__}: {e}"[:3000]

@@ -157,15 +157,23 @@ def test_download_without_published_hash_prints_it(env, tmp_path, googlenet_chec
     ("VggFace", "fc8", "pool5"), ("Googlenet", "fc", "inception5b"),
     ("InceptionV3", "fc", "inception11"), ("InceptionV3", "inception4", "inception4"),
     ("Resnet50", "avgpool", "layer4_bottleneck2"), ("Resnet152", "fc", "layer4_bottleneck2"),
+    # beyond the original's networks (issue 18)
+    ("Resnet18", "fc", "layer4_basicblock1"), ("Resnet34", "avgpool", "layer4_basicblock2"),
+    ("Resnet34", "layer2_basicblock0", "layer2_basicblock0"), ("Densenet121", "fc", "norm5"),
+    ("Densenet121", "transition2", "transition2"),
 ])
 def test_default_grad_cam_layer(name, layer, cam):
     assert resolve("gradcam", get_net_spec(name), layer).cam_layer == cam
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,layer", [("Resnet50", "layer2_bottleneck1"), ("Googlenet", "inception3b")])
+@pytest.mark.parametrize("name,layer", [("Resnet50", "layer2_bottleneck1"), ("Googlenet", "inception3b"),
+                                        # beyond the original's networks (issue 18)
+                                        ("Resnet18", "layer1_basicblock1"), ("Resnet34", "layer1_basicblock0"),
+                                        ("Densenet121", "denseblock1")])
 def test_every_method_on_block_networks(name, layer):
-    """Every method of docs/methods.md runs on residual and inception blocks (64 x 64 input)."""
+    """Every method of docs/methods.md runs on residual, inception and dense blocks (64 x 64
+    input); none is refused on these ReLU networks."""
     import dataclasses
 
     from jaxsal.core import compiled_saliency
@@ -185,3 +193,50 @@ def test_every_method_on_block_networks(name, layer):
         assert np.all(np.isfinite(maps)) and np.all(np.abs(maps).sum(axis=tuple(range(2, maps.ndim))) > 0), method
         if method.info.maps_2d:
             assert maps.min() >= 0
+
+
+# -- Beyond the original's networks (issue 18) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def published_densenet_checkpoint(tmp_path_factory):
+    """A Densenet121 checkpoint written by torch.save under the published file's older key names
+    (`denselayer1.norm.1.weight`, no batch-norm counters), named with its own sha256 prefix; and
+    the params its today's-names state_dict converts to. Each tensor is filled with its own
+    index (a key read as another's shows; no random numbers to draw)."""
+    torch = pytest.importorskip("torch")
+    import torch_nets
+
+    from jaxsal.weights.conversion import from_torchvision
+
+    state = {k: torch.full(shape, float(i), dtype=dtype)
+             for i, (k, (shape, dtype)) in enumerate(torch_nets.state_dict_shapes("Densenet121").items())
+             if not k.endswith("num_batches_tracked")}
+    published = {torch_nets.densenet_published_key(k): v for k, v in state.items()}
+    folder = tmp_path_factory.mktemp("densenet")
+    tmp = folder / "partial.pth"
+    torch.save(published, tmp)
+    path = folder / f"densenet121-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth"
+    tmp.rename(path)
+    expected = from_torchvision(get_net_spec("Densenet121"), {k: v.numpy() for k, v in state.items()})
+    return path, expected
+
+
+def test_download_converts_a_published_densenet(env, tmp_path, weights_env, published_densenet_checkpoint,
+                                                serve):
+    """`jaxsal-convert --download --net Densenet121`: the description's WeightSource is all it
+    needs (its URL, overridden here by $JAXSAL_DENSENET121_URL to a local server; its key rename)."""
+    from jaxsal.weights import load_weights
+
+    checkpoint, expected = published_densenet_checkpoint
+    url = serve(checkpoint.name, checkpoint)
+    done = run(["--download", "--net", "Densenet121", "--quiet"], tmp_path,
+               env | {"JAXSAL_DENSENET121_URL": url}, program=CONVERT)
+    assert done.returncode == 0, done.stderr
+    cached = weights_env.jaxsal_home / "densenet121.safetensors"
+    assert str(cached) in done.stdout
+    weights = load_weights(get_net_spec("Densenet121"))
+    assert weights.source == str(cached) and not weights.missing_stages(get_net_spec("Densenet121"))
+    assert weights.provenance["source_file"] == checkpoint.name
+    assert weights.params.keys() == expected.keys()
+    assert all(np.array_equal(weights.params[k], expected[k]) for k in expected)

@@ -1,22 +1,28 @@
-"""Independent plain-PyTorch references of the bigger networks, for parity tests only.
+"""Independent plain-PyTorch references of jaxsal's networks: the one reference zoo that the
+tests and the benchmark scripts (scripts/torch_baselines.py, scripts/bench_methods.py) use.
 
-torchvision's VGG-11 / VGG-16 / VGG-19-BN, GoogLeNet, Inception-v3 and ResNet-50 / ResNet-152, and
-the VGG-Face net of Albanie's pytorch-mcn conversion (`vgg_face_dag.pth`), written out module for
-module in plain torch -- no torchvision, no jaxsal -- so that `state_dict()` keys, shapes and
-registration order are those of the published checkpoints.
+torchvision's AlexNet, VGG-11 / VGG-16 / VGG-19-BN, GoogLeNet, Inception-v3, ResNet-18 / ResNet-34
+/ ResNet-50 / ResNet-152 and DenseNet-121, and the VGG-Face net of Albanie's pytorch-mcn
+conversion (`vgg_face_dag.pth`), written out module for module in plain torch -- no torchvision,
+no jaxsal -- so that `state_dict()` keys, shapes and registration order are those of the
+published checkpoints (DenseNet-121: today's torchvision names; its published file has older
+ones, see `densenet_published_key`).
 
 Every ReLU of a network is its own module call (also the functional ones of torchvision:
-BasicConv2d's, a Bottleneck's three uses of its `relu`), so with `guided=True` the guided rule
-g_in = g_out * 1[x > 0] * 1[g_out > 0] applies at every ReLU, including those inside the target
-block.
+BasicConv2d's, a residual block's uses of its `relu`, DenseNet's last ReLU), so with
+`guided=True` the guided rule g_in = g_out * 1[x > 0] * 1[g_out > 0] applies at every ReLU,
+including those inside the target block. Every ReLU module is an `nn.ReLU`: Captum's
+GuidedBackprop, Deconvolution and GuidedGradCam hook those (tests/test_methods_captum.py).
 
 API
 ---
 NETS[name](guided=False, **kw)    an nn.Module with LAYERS (ordered layer names), INPUT_SIZE,
-                                  forward_to(x, layer), forward_all(x) (yields (layer, output)).
+                                  forward_to(x, layer), forward_all(x) (yields (layer, output)),
+                                  module(layer) (the nn.Module whose output the layer is).
+build(name, state_dict, guided, dtype)   an eval-mode net holding those weights.
 random_state_dict(name, seed=0)   OrderedDict of random tensors with the checkpoint's keys.
 torch_saliency(name, state_dict, images_nchw, layer, channels, guided, dtype)
-                                  numpy (K, N, 3, S, S), as tests/torch_reference.py.
+                                  numpy (K, N, 3, S, S).
 layer_shapes(name)                {layer: output shape without the batch, channel first}.
 state_dict_shapes(name)           OrderedDict {key: (shape, dtype)} (no values made).
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import re
 
 import numpy as np
 import torch
@@ -52,12 +59,13 @@ class GuidedReLUFunction(torch.autograd.Function):
         return g * (x > 0).to(g.dtype) * (g > 0).to(g.dtype)
 
 
-class ReLU(nn.Module):
+class ReLU(nn.ReLU):
     """nn.ReLU (not in place) or its guided-backprop version; no parameters, so no state_dict
-    keys -- it can stand where torchvision calls F.relu."""
+    keys -- it can stand where torchvision calls F.relu. An nn.ReLU, so Captum's ReLU hooks
+    find it."""
 
     def __init__(self, guided: bool = False):
-        super().__init__()
+        super().__init__(inplace=False)
         self.guided = guided
 
     def forward(self, x):
@@ -91,6 +99,14 @@ class _Staged(nn.Module):
         *_, (_, out) = self.forward_all(x)
         return out
 
+    def module(self, layer):
+        """The nn.Module whose output is `layer` (Captum's layer attributions hook it)."""
+        for name, fn in self._stages():
+            if name == layer:
+                assert isinstance(fn, nn.Module), (layer, fn)
+                return fn
+        raise KeyError(f"{type(self).__name__} has no layer {layer!r}")
+
     def _check_layers(self):
         names = tuple(name for name, _ in self._stages() if name is not None)
         assert names == self.LAYERS, (names, self.LAYERS)
@@ -105,6 +121,46 @@ def _transform_input(x):
     (mean, std) -> (x - 0.5) / 0.5 per channel."""
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     return torch.cat([x[:, c:c + 1] * (std[c] / 0.5) + (mean[c] - 0.5) / 0.5 for c in range(3)], 1)
+
+
+# --------------------------------------------------------------------------------------------
+# AlexNet (torchvision)
+# --------------------------------------------------------------------------------------------
+
+_ALEXNET_FEATURES = ("conv1", "conv1_relu", "conv1_maxpool", "conv2", "conv2_relu", "conv2_maxpool",
+                     "conv3", "conv3_relu", "conv4", "conv4_relu", "conv5", "conv5_relu",
+                     "conv5_maxpool")
+
+
+class AlexNet(_Staged):
+    """torchvision.models.AlexNet: features (conv1 11x11/4 ... conv5, ReLUs, three max-pools),
+    AdaptiveAvgPool(6, 6), classifier = Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear.
+    Layer names of the original program (SPEC §8): convN pre-ReLU, fcN pre-ReLU, fc3 = logits."""
+
+    LAYERS = _ALEXNET_FEATURES + ("fc1", "fc1_relu", "fc2", "fc2_relu", "fc3")
+
+    def __init__(self, guided: bool = False, num_classes: int = 1000):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), ReLU(guided), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2), ReLU(guided), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1), ReLU(guided),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1), ReLU(guided),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1), ReLU(guided), nn.MaxPool2d(3, 2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(), nn.Linear(256 * 6 * 6, 4096), ReLU(guided),
+            nn.Dropout(), nn.Linear(4096, 4096), ReLU(guided),
+            nn.Linear(4096, num_classes),
+        )
+        self._check_layers()
+
+    def _stages(self):
+        yield from zip(_ALEXNET_FEATURES, self.features)
+        yield None, self.avgpool
+        yield None, _flatten
+        yield from zip((None, "fc1", "fc1_relu", None, "fc2", "fc2_relu", "fc3"), self.classifier)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,7 +575,7 @@ class InceptionV3(_Staged):
 
 
 # --------------------------------------------------------------------------------------------
-# ResNet (torchvision, Bottleneck = v1.5: the stride in conv2)
+# ResNet (torchvision; Bottleneck = v1.5: the stride in conv2; BasicBlock: the stride in conv1)
 # --------------------------------------------------------------------------------------------
 
 
@@ -546,15 +602,37 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _resnet_layer_names(blocks):
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, guided=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = ReLU(guided)  # used twice, as in torchvision
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def _resnet_layer_names(blocks, kind="bottleneck"):
     names = ["conv", "bn", "relu", "maxpool"]
     for stage, n in enumerate(blocks, 1):
-        names += [f"layer{stage}_bottleneck{i}" for i in range(n)]
+        names += [f"layer{stage}_{kind}{i}" for i in range(n)]
     return tuple(names) + ("avgpool", "fc")
 
 
 class _ResNet(_Staged):
     BLOCKS: tuple = ()
+    BLOCK: type = Bottleneck
+    KIND = "bottleneck"  # the block's part of the layer names
 
     def __init__(self, guided: bool = False, num_classes: int = 1000):
         super().__init__()
@@ -566,26 +644,27 @@ class _ResNet(_Staged):
         for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), self.BLOCKS), 1):
             setattr(self, f"layer{stage}", self._make_layer(planes, n, 1 if stage == 1 else 2, guided))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * 4, num_classes)
+        self.fc = nn.Linear(512 * self.BLOCK.expansion, num_classes)
         self._check_layers()
 
     def _make_layer(self, planes, n, stride, guided):
+        block, width = self.BLOCK, planes * self.BLOCK.expansion
         downsample = None
-        if stride != 1 or self.inplanes != planes * 4:
+        if stride != 1 or self.inplanes != width:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * 4, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * 4),
+                nn.Conv2d(self.inplanes, width, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(width),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample, guided)]
-        self.inplanes = planes * 4
-        layers += [Bottleneck(self.inplanes, planes, guided=guided) for _ in range(1, n)]
+        layers = [block(self.inplanes, planes, stride, downsample, guided)]
+        self.inplanes = width
+        layers += [block(self.inplanes, planes, guided=guided) for _ in range(1, n)]
         return nn.Sequential(*layers)
 
     def _stages(self):
         yield from (("conv", self.conv1), ("bn", self.bn1), ("relu", self.relu), ("maxpool", self.maxpool))
         for stage in range(1, 5):
             for i, block in enumerate(getattr(self, f"layer{stage}")):
-                yield f"layer{stage}_bottleneck{i}", block
+                yield f"layer{stage}_{self.KIND}{i}", block
         yield "avgpool", self.avgpool
         yield None, _flatten
         yield "fc", self.fc
@@ -599,6 +678,107 @@ class Resnet50(_ResNet):
 class Resnet152(_ResNet):
     BLOCKS = (3, 8, 36, 3)
     LAYERS = _resnet_layer_names(BLOCKS)
+
+
+class Resnet18(_ResNet):
+    BLOCKS, BLOCK, KIND = (2, 2, 2, 2), BasicBlock, "basicblock"
+    LAYERS = _resnet_layer_names(BLOCKS, KIND)
+
+
+class Resnet34(_ResNet):
+    BLOCKS, BLOCK, KIND = (3, 4, 6, 3), BasicBlock, "basicblock"
+    LAYERS = _resnet_layer_names(BLOCKS, KIND)
+
+
+# --------------------------------------------------------------------------------------------
+# DenseNet (torchvision)
+# --------------------------------------------------------------------------------------------
+
+
+class _DenseLayer(nn.Module):
+    """norm1, relu1, conv1 (1x1 to bn_size * growth), norm2, relu2, conv2 (3x3 to growth); its
+    input is the list of all earlier features, concatenated here (as torchvision's)."""
+
+    def __init__(self, c_in, growth, bn_size, guided=False):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(c_in)
+        self.relu1 = ReLU(guided)
+        self.conv1 = nn.Conv2d(c_in, bn_size * growth, kernel_size=1, stride=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth)
+        self.relu2 = ReLU(guided)
+        self.conv2 = nn.Conv2d(bn_size * growth, growth, kernel_size=3, stride=1, padding=1, bias=False)
+
+    def forward(self, features):
+        x = torch.cat(features, 1)
+        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+
+
+class _DenseBlock(nn.ModuleDict):
+    def __init__(self, n, c_in, growth, bn_size, guided=False):
+        super().__init__()
+        for i in range(n):
+            self[f"denselayer{i + 1}"] = _DenseLayer(c_in + i * growth, growth, bn_size, guided)
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Sequential):
+    def __init__(self, c_in, c_out, guided=False):
+        super().__init__(collections.OrderedDict([
+            ("norm", nn.BatchNorm2d(c_in)), ("relu", ReLU(guided)),
+            ("conv", nn.Conv2d(c_in, c_out, kernel_size=1, stride=1, bias=False)),
+            ("pool", nn.AvgPool2d(kernel_size=2, stride=2)),
+        ]))
+
+
+class Densenet121(_Staged):
+    """torchvision.models.DenseNet(32, (6, 12, 24, 16), 64): features = conv0, norm0, relu0,
+    pool0, denseblock1, transition1, ..., denseblock4, norm5; then F.relu (a ReLU module here),
+    adaptive average pool, flatten, classifier. Layers: the features' module names, and fc (the
+    classifier)."""
+
+    GROWTH, BLOCKS, INIT, BN_SIZE = 32, (6, 12, 24, 16), 64, 4
+    LAYERS = ("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1", "denseblock2",
+              "transition2", "denseblock3", "transition3", "denseblock4", "norm5", "fc")
+
+    def __init__(self, guided: bool = False, num_classes: int = 1000):
+        super().__init__()
+        modules = [("conv0", nn.Conv2d(3, self.INIT, kernel_size=7, stride=2, padding=3, bias=False)),
+                   ("norm0", nn.BatchNorm2d(self.INIT)), ("relu0", ReLU(guided)),
+                   ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))]
+        c = self.INIT
+        for i, n in enumerate(self.BLOCKS, 1):
+            modules.append((f"denseblock{i}", _DenseBlock(n, c, self.GROWTH, self.BN_SIZE, guided)))
+            c += n * self.GROWTH
+            if i < len(self.BLOCKS):
+                modules.append((f"transition{i}", _Transition(c, c // 2, guided)))
+                c //= 2
+        modules.append(("norm5", nn.BatchNorm2d(c)))
+        self.features = nn.Sequential(collections.OrderedDict(modules))
+        self.relu = ReLU(guided)  # torchvision's F.relu after the features
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.classifier = nn.Linear(c, num_classes)
+        self._check_layers()
+
+    def _stages(self):
+        yield from self.features.named_children()
+        yield None, self.relu
+        yield None, self.avgpool
+        yield None, _flatten
+        yield "fc", self.classifier
+
+
+_PUBLISHED_DENSE_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))([12])\.(weight|bias|running_mean|running_var)$")
+
+
+def densenet_published_key(key: str) -> str:
+    """Today's torchvision DenseNet key -> the older one of the published checkpoint
+    (densenet121-a639ec97.pth: `denselayer1.norm.1.weight` for `denselayer1.norm1.weight`)."""
+    return _PUBLISHED_DENSE_KEY.sub(r"\1.\2.\3", key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -744,6 +924,7 @@ class TinyNet(_Staged):
 # --------------------------------------------------------------------------------------------
 
 NETS = {
+    "AlexNet": AlexNet,
     "Vgg11": Vgg11,
     "Vgg16": Vgg16,
     "Vgg19_bn": Vgg19_bn,
@@ -752,6 +933,11 @@ NETS = {
     "InceptionV3": InceptionV3,
     "Resnet50": Resnet50,
     "Resnet152": Resnet152,
+    # beyond the original's networks (issue 18)
+    "Resnet18": Resnet18,
+    "Resnet34": Resnet34,
+    "Densenet121": Densenet121,
+    # transformers (issue 18)
     "VitB16": VitB16,
 }
 
@@ -781,16 +967,17 @@ def random_state_dict(name, seed: int = 0) -> "collections.OrderedDict[str, torc
     """The net's state_dict with seeded random values: conv / linear weights He-scaled
     N(0, 2 / fan_in), biases N(0, 0.05^2); BatchNorm weight U(0.5, 1.5), bias N(0, 0.1^2),
     running_mean N(0, 0.1^2), running_var U(0.5, 1.5), num_batches_tracked int64 0-d.
-    Except the last BatchNorm of a ResNet residual branch (Bottleneck.bn3): weight U(0.1, 0.3),
-    as in trained ResNets -- with U(0.5, 1.5) there, BN's running statistics (not those of the
-    actual activations) let the residual sum grow about 1.6x per block, to ~1e11 at ResNet-152's
-    avgpool; with U(0.1, 0.3) it stays O(10). Transformers: LayerNorm weight U(0.5, 1.5), bias
-    N(0, 0.1^2); attention in_proj_weight He-scaled, in_proj_bias N(0, 0.05^2); class_token
-    and pos_embedding N(0, 0.1^2)."""
+    Except the last BatchNorm of a ResNet residual branch (Bottleneck.bn3, BasicBlock.bn2):
+    weight U(0.1, 0.3), as in trained ResNets -- with U(0.5, 1.5) there, BN's running statistics
+    (not those of the actual activations) let the residual sum grow about 1.6x per block, to
+    ~1e11 at ResNet-152's avgpool; with U(0.1, 0.3) it stays O(10). Transformers: LayerNorm
+    weight U(0.5, 1.5), bias N(0, 0.1^2); attention in_proj_weight He-scaled, in_proj_bias
+    N(0, 0.05^2); class_token and pos_embedding N(0, 0.1^2)."""
     gen = torch.Generator().manual_seed(seed)
     net = _meta_model(name)
     kind = {}  # key -> "conv" | "linear" | "bn"
     residual_ends = {f"{n}.bn3" for n, m in net.named_modules() if isinstance(m, Bottleneck)}
+    residual_ends |= {f"{n}.bn2" for n, m in net.named_modules() if isinstance(m, BasicBlock)}
     for mod_name, module in net.named_modules():
         prefix = mod_name + "." if mod_name else ""
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
