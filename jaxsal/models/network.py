@@ -193,13 +193,17 @@ class _SelfAttention(nn.Module):
         h = self.op.heads
         d = c // h
         qkv = _Linear(Linear(features=3 * c), self.precision, name="in_proj")(x)
-        qkv = qkv.reshape(*lead, t, 3, h, d)
-        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (..., T, heads, d)
+        # Heads before tokens, (..., 3, heads, T, d): the products are then batched matmuls
+        # with their batch axes leading (an encoder block's forward ~10% faster on XLA:CPU than
+        # with (..., T, heads, d)).
+        qkv = jnp.moveaxis(qkv.reshape(*lead, t, 3, h, d), -4, -2)
+        q, k, v = qkv[..., 0, :, :, :], qkv[..., 1, :, :, :], qkv[..., 2, :, :, :]
         q = q * jnp.asarray(1.0 / np.sqrt(d), x.dtype)
-        logits = jnp.einsum("...thd,...shd->...hts", q, k, precision=self.precision)
+        logits = jnp.einsum("...htd,...hsd->...hts", q, k, precision=self.precision)
         weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("...hts,...shd->...thd", weights, v, precision=self.precision)
-        return _Linear(Linear(features=c), self.precision, name="out_proj")(out.reshape(*lead, t, c))
+        out = jnp.einsum("...hts,...hsd->...htd", weights, v, precision=self.precision)
+        out = jnp.moveaxis(out, -3, -2).reshape(*lead, t, c)  # heads concatenated per token
+        return _Linear(Linear(features=c), self.precision, name="out_proj")(out)
 
 
 @flax_layer(TokenEmbedding)
