@@ -119,8 +119,8 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
     monkeypatch.setattr(render, "render_pool", lambda workers: pool)
     monkeypatch.setattr(render, "default_render_workers", lambda: 1)
     # The network stands in for jaxsal.batching (which would import JAX for nothing).
-    monkeypatch.setitem(sys.modules, "jaxsal.batching", types.SimpleNamespace(
-        iter_blocks=iter_blocks, call_shape=lambda net, layer, k, n, batch_size: (4, k)))
+    monkeypatch.setattr(pipeline, "_device", lambda: (types.SimpleNamespace(
+        iter_blocks=iter_blocks, call_shape=lambda net, layer, k, n, batch_size: (4, k)), None))
     net = types.SimpleNamespace(spec=SPEC, weights=None)
     with pipeline.Pipeline(plan) as stages:
         stages.execute(net)
