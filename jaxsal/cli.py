@@ -26,7 +26,6 @@ from absl import flags
 from jaxsal import method_flags, models
 from jaxsal.channels import is_channel_token, parse_channels
 from jaxsal.errors import UsageError
-from jaxsal.pipeline import run as run_pipeline
 from jaxsal.reporting import Reporter
 from jaxsal.request import Flag, Request
 from jaxsal.xla_config import tune_cpu
@@ -303,10 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         fv = parse_flags(argv)
         request = request_from_flags(fv)
         _MULTI_PROCESS = request.cluster.is_multi
-        from jaxsal.stimuli import use_own_pixel_limit  # Pillow: only once the flags are sound
+        # The run's modules (numpy, Pillow; JAX later): only once the flags are sound, so that
+        # -help and a mistyped flag answer at once.
+        from jaxsal import pipeline, stimuli
 
-        use_own_pixel_limit()
-        report = run_pipeline(request, compilation_cache=True, started=start, reporter=reporter)
+        stimuli.use_own_pixel_limit()
+        report = pipeline.run(request, compilation_cache=True, started=start, reporter=reporter)
         if fv.profile:
             print(report.timings.report(PROG), file=sys.stderr)
 

@@ -19,9 +19,13 @@ saved.
 overlap importing JAX and putting the weights on the device (`load_net`); `execute(net)` then
 streams batches through the stages. Each stage holds its own state and its own time.
 
-Console output is the command's: `Finish: i/n` on stdout after each figure, warnings, progress
-and the maps' path on stderr. This module imports neither JAX nor numpy at import time (figure
-workers, spawned, re-import the command's entry module); the stages import what they use.
+Console output goes through the run's `jaxsal.reporting.Reporter`: `Finish: i/n` on stdout after
+each figure, warnings, progress and the maps' path on stderr.
+
+Imports: everything a run needs before its inputs are checked is imported here at the top (no
+JAX: numpy, Pillow, the display transform, the map writers). JAX is imported at one point,
+`_device()`, called once the inputs are sound (`load_net`); zarr only by a zarr run
+(`jaxsal.map_store`).
 """
 from __future__ import annotations
 
@@ -33,9 +37,25 @@ import pathlib
 import time
 from typing import Iterator
 
-from jaxsal.errors import UsageError
-from jaxsal.reporting import Progress, Reporter
+import numpy as np
+
+from jaxsal import distributed, render, xla_config
+from jaxsal.errors import OutputError, UsageError
+from jaxsal.map_store import MapStore
+from jaxsal.maps_io import MapWriter, map_file_meta, weights_record
+from jaxsal.methods import map_shape
+from jaxsal.reporting import Reporter
 from jaxsal.request import Plan, Request, validate
+from jaxsal.stimuli import decoded_image, preprocess
+from jaxsal.weights import cache_dir
+
+
+def _device():
+    """The modules that import JAX: the one point where this module imports them, called once
+    the run's inputs are checked (`load_net`), so validation never waits for JAX."""
+    from jaxsal import batching, net
+
+    return batching, net
 
 
 
@@ -98,12 +118,9 @@ def decode(path: pathlib.Path, spec, grid: tuple[int, int] | None) -> tuple:
     network input, seconds). The figure's array is `render.display_copy` for a figure of `grid`
     (rows, columns): a large photo is kept only at the size its figure can show; no grid, no
     figure (a stimulus computed for its maps only)."""
-    from jaxsal.render import display_copy
-    from jaxsal.stimuli import decoded_image, preprocess
-
     t = time.perf_counter()
     with decoded_image(path) as image:  # the full image counts against the decoding budget
-        shown = display_copy(image, *grid) if grid is not None else None
+        shown = render.display_copy(image, *grid) if grid is not None else None
         x = preprocess(image, spec.preprocessing)
     return shown, x, time.perf_counter() - t
 
@@ -155,13 +172,11 @@ class Core:
 
     def __init__(self, plan: Plan, net, n_images: int, reporter: Reporter,
                  compute: dict | None = None):
-        from jaxsal.batching import call_shape  # imports JAX
-
         self.plan, self.net, self.reporter = plan, net, reporter
         if compute is not None:
             self.size, self.block = compute["stimuli_per_call"], compute["channels_per_call"]
         else:
-            self.size, self.block = call_shape(net, plan.layer, len(plan.channels0), n_images,
+            self.size, self.block = _device()[0].call_shape(net, plan.layer, len(plan.channels0), n_images,
                                                plan.batch_size)
         self.seconds = 0.0
 
@@ -175,10 +190,8 @@ class Core:
         given sizes; `values`: with the targets' values."""
         if not n_images:
             return
-        from jaxsal.batching import iter_blocks
-
         p = self.plan
-        stream = iter_blocks(self.net, inputs, p.layer, p.channels, p.method, size=self.size,
+        stream = _device()[0].iter_blocks(self.net, inputs, p.layer, p.channels, p.method, size=self.size,
                              block=self.block, precision=p.precision, values=values,
                              batches=batches, reporter=self.reporter)
         while True:
@@ -211,16 +224,12 @@ class FigureAssembly:
             return
         self._shown[i] = shown
         if self.plan.overlay:
-            from jaxsal.render import network_image
-
             p = self.plan.spec.preprocessing
-            self._underlays[i] = network_image(x, p.mean, p.std, p.scale)
+            self._underlays[i] = render.network_image(x, p.mean, p.std, p.scale)
 
     def add_maps(self, indices: list[int], channel_start: int, maps) -> None:
         """maps (B, b, ...) of channels channel_start .. + B - 1 for stimuli `indices`; keeps
         the displayed maps of the drawn stimuli and channels; warns once per constant map."""
-        from jaxsal.render import display_maps
-
         plan = self.plan
         drawn = plan.figure_channels
         rows = range(channel_start, min(channel_start + maps.shape[0], len(drawn)))
@@ -231,7 +240,7 @@ class FigureAssembly:
         if len(columns) < len(indices):
             selected = selected[:, columns]
         t = time.perf_counter()
-        images, constant = display_maps(selected, plan.mode, plan.method.info.maps_2d)
+        images, constant = render.display_maps(selected, plan.mode, plan.method.info.maps_2d)
         self.seconds += time.perf_counter() - t
         for col, j in enumerate(columns):
             i = indices[j]
@@ -246,8 +255,6 @@ class FigureAssembly:
     def ready(self) -> Iterator[tuple[int, range, object]]:
         """(figure number k, its stimuli, FigureJob) of every next figure whose stimuli are all
         computed; forgets them."""
-        from jaxsal import render
-
         plan = self.plan
         drawn = plan.figure_channels
         while self._next < len(self.figures) and all(
@@ -288,8 +295,6 @@ class FigureSink:
     IN_FLIGHT_PER_WORKER = 2
 
     def __init__(self, plan: Plan, figures: list[tuple[int, range]], reporter: Reporter):
-        from jaxsal import render
-
         self.plan, self.reporter = plan, reporter
         self.n_stimuli = len(plan.stimuli.paths)
         self.written: list[pathlib.Path] = []
@@ -307,8 +312,6 @@ class FigureSink:
                 self.pool.submit(render.warm_up, n_rows, len(figures[0][1]))
 
     def submit(self, cols: range, job) -> None:
-        from jaxsal import render
-
         while self.pool and len(self._pending) >= self.max_in_flight:
             self._finish_first(block=True)
         future = self.pool.submit(render.render_job, job) if self.pool else None
@@ -337,8 +340,6 @@ class FigureSink:
         return True
 
     def _show(self, job) -> None:
-        from jaxsal import render
-
         if self._can_show is None:
             self._can_show = render.can_show()
             if not self._can_show:
@@ -359,12 +360,6 @@ class MapSink:
     process 0 merges them (the .npz is for small runs; large ones use the zarr store)."""
 
     def __init__(self, plan: Plan, mine: list[int], reporter: Reporter):
-        import numpy as np
-
-        from jaxsal import distributed
-        from jaxsal.maps_io import MapWriter, map_file_meta
-        from jaxsal.methods import map_shape
-
         self.plan, self.final, self.reporter = plan, plan.maps_path, reporter
         self.seconds = 0.0
         k, size, n = len(plan.channels0), plan.spec.input_size, len(plan.stimuli.paths)
@@ -386,8 +381,6 @@ class MapSink:
 
     def commit(self) -> pathlib.Path | None:
         """Write the .npz (merging the parts on process 0); its path, None on other processes."""
-        from jaxsal import distributed
-
         t = time.perf_counter()
         path = self.writer.commit()
         self.writer = None
@@ -417,9 +410,6 @@ class StoreSink:
 
     def __init__(self, plan: Plan, work: list[int], shards: list[range], reporter: Reporter,
                  compute: dict):
-        from jaxsal import distributed
-        from jaxsal.map_store import MapStore
-
         self.plan, self.reporter, self.shards = plan, reporter, shards
         self.seconds = 0.0
         self.kept = plan.store.done if plan.store is not None else frozenset()
@@ -451,8 +441,6 @@ class StoreSink:
         if scale is not None:
             self._scales.append(scale)
         if block.last:
-            import numpy as np
-
             scales = np.concatenate(self._scales) if self._scales else None
             self.store.finish_shard(shard, stimuli, self._values, scales)
             self._values, self._scales = None, []
@@ -461,8 +449,6 @@ class StoreSink:
     def commit(self) -> pathlib.Path | None:
         """Mark the store complete (process 0, after every process is done); its path on
         process 0, None on the others."""
-        from jaxsal import distributed
-
         t = time.perf_counter()
         cluster = self.plan.cluster
         if cluster.is_multi:
@@ -484,8 +470,6 @@ class StoreSink:
 
     def abort(self, error: BaseException | None = None) -> None:
         """After a failure: say how to continue (an OutputError says it already)."""
-        from jaxsal.errors import OutputError
-
         if error is not None and not isinstance(error, OutputError):
             self.reporter.info(f"the map store {self.plan.maps_path} is incomplete "
                                f"({self._missing()}): run the same command with -resume to "
@@ -508,14 +492,11 @@ class Pipeline:
     """
 
     def __init__(self, plan: Plan, reporter: Reporter | None = None):
-        from jaxsal import render
-        from jaxsal.distributed import shard_ranges
-
         self.plan = plan
         self.reporter = Reporter() if reporter is None else reporter
         n = len(plan.stimuli.paths)
         per_shard = plan.stimuli_per_shard or max(1, n)  # 0 (a Plan made by hand): one shard
-        self.shards = shard_ranges(n, per_shard)
+        self.shards = distributed.shard_ranges(n, per_shard)
         owned = plan.cluster.my_shards(len(self.shards))
         ours = set(owned)
         # (global figure number k, global stimulus indices) of the figures this process draws
@@ -623,32 +604,21 @@ class Pipeline:
 def _weights_record(weights) -> dict | None:
     if weights is None:
         return None
-    from jaxsal.maps_io import weights_record
-
     return weights_record(weights)
 
 
 def load_net(plan: Plan, reporter: Reporter | None = None):
     """Tune the CPU if JAX has not started yet, join the cluster (if any), import JAX and put
     the weights on the device(s)."""
-    from jaxsal.xla_config import tune_cpu_on_first_use
-
-    tune_cpu_on_first_use(reporter)  # before JAX's first computation, which may be the cluster's
+    xla_config.tune_cpu_on_first_use(reporter)  # before JAX's first computation
     if plan.cluster.is_multi:  # must come before JAX's first computation
-        from jaxsal import distributed
-
         distributed.initialize(plan.cluster)
-    from jaxsal.net import net_from_weights  # imports JAX: only now that the inputs are sound
-
-    return net_from_weights(plan.spec, plan.weights, reporter)
+    return _device()[1].net_from_weights(plan.spec, plan.weights, reporter)
 
 
 def _compilation_cache(reporter: Reporter):
     """jaxsal's compilation cache (`$JAXSAL_HOME/xla`), enabled; None if it cannot be used
     (said in one line: it is optional)."""
-    from jaxsal import xla_config
-    from jaxsal.weights import cache_dir
-
     try:
         folder = cache_dir() / "xla"
     except UsageError as e:

@@ -173,44 +173,40 @@ FIELD_CHECKS: dict[str, arguments.Check] = {
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A validated run: every input known to be usable, nothing computed yet.
+    """A validated run: the `Request` and what checking it found; nothing computed yet.
 
-    spec: the network's description; layer: one of its layers.
-    channels0: 0-based indices into the layer's channels (`channels`: the 1-based numbers, as
-      typed, for labels and files).
+    request: the `Request` as given. Its fields are read through the plan (`plan.mode` is
+      `plan.request.mode`), except those checking gave a new form:
+    spec: the network's description (`net` is its name).
+    channels0: 0-based indices into the layer's channels (`channels`: the 1-based numbers,
+      ranges and `all` expanded, for labels and files).
     method: the resolved, canonical `Method` (Grad-CAM layer filled in).
     stimuli: the stimulus list (`jaxsal.stimuli.StimulusSet`), every image checked.
     weights: `jaxsal.weights.Weights` read from disk (numpy, not on a device), holding the
       layer's stages.
-    out: the output folder (not created yet) or None.
+    out: the output folder as a Path (not created yet), or None.
     stimuli_per_shard: stimuli are dealt to processes, and saved in a zarr store, in shards of
       this many (whole figures; `jaxsal.distributed.stimuli_per_shard`, or the store's).
     store: with -maps_format zarr and -resume, what the existing store holds
-      (`jaxsal.map_store.StoreState`), else None. The other fields are the `Request`'s.
+      (`jaxsal.map_store.StoreState`), else None.
     """
 
+    request: Request
     spec: "jaxsal.models.NetSpec"  # noqa: F821
-    layer: str
     channels0: tuple[int, ...]
     method: Method
     stimuli: "jaxsal.stimuli.StimulusSet"  # noqa: F821
     weights: "jaxsal.weights.Weights | None"  # noqa: F821
-    precision: str = "highest"
-    mode: str = "RGB"
-    cmap: str = DEFAULT_CMAP
-    vmin: float | None = None
-    vmax: float | None = None
-    overlay: bool = False
-    show: bool = False
     out: pathlib.Path | None = None
-    save_maps: bool = False
-    maps_format: str = "npz"
-    maps_reduce: tuple[str, ...] = ()
-    resume: bool = False
-    batch_size: int | None = None
-    cluster: Cluster = Cluster()
     stimuli_per_shard: int = 0
     store: "jaxsal.map_store.StoreState | None" = None  # noqa: F821
+
+    def __getattr__(self, name: str):
+        """The request's fields (and its `cluster`), read through; called only for names the
+        plan itself does not have."""
+        if name in _REQUEST_NAMES:
+            return getattr(self.request, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def net(self) -> str:
@@ -218,7 +214,7 @@ class Plan:
 
     @property
     def channels(self) -> tuple[int, ...]:
-        """The 1-based channel numbers, as typed."""
+        """The 1-based channel numbers, in the order asked for (ranges and `all` expanded)."""
         return tuple(c + 1 for c in self.channels0)
 
     @property
@@ -234,6 +230,10 @@ class Plan:
         if not self.save_maps or self.out is None:
             return None
         return self.out / f"{self.net}_{self.layer}_maps.{self.maps_format}"
+
+
+# What a Plan reads through from its Request.
+_REQUEST_NAMES = frozenset(f.name for f in dataclasses.fields(Request)) | {"cluster"}
 
 
 def validate(request: Request) -> Plan:
@@ -268,12 +268,8 @@ def validate(request: Request) -> Plan:
     stimuli = read_stim_csv(r.stim)
     weights = load_weights(spec, r.weights)
     check_layer_weights(spec, weights, r.layer)
-    plan = Plan(spec=spec, layer=r.layer, channels0=tuple(c - 1 for c in channels),
-                method=method, stimuli=stimuli, weights=weights, precision=r.precision,
-                mode=r.mode, cmap=r.cmap, vmin=r.vmin, vmax=r.vmax, overlay=r.overlay,
-                show=r.show, out=out, save_maps=r.save_maps, maps_format=r.maps_format,
-                maps_reduce=r.maps_reduce, resume=r.resume, batch_size=r.batch_size,
-                cluster=r.cluster,
+    plan = Plan(request=r, spec=spec, channels0=tuple(c - 1 for c in channels), method=method,
+                stimuli=stimuli, weights=weights, out=out,
                 stimuli_per_shard=stimuli_per_shard(len(stimuli.paths), r.num_processes,
                                                     STIMULI_PER_FIGURE))
     if r.save_maps and r.maps_format == "zarr":

@@ -160,10 +160,11 @@ def _synthetic_store(folder: pathlib.Path, maps: np.ndarray, reduce=()):
     k, n = maps.shape[:2]
     ids = tuple(f"s{i:04d}.png" for i in range(n))
     stimuli = types.SimpleNamespace(ids=ids, paths=ids, stim_file=pathlib.Path("x.stim.csv"))
-    plan = Plan(spec=spec, layer="conv3", channels0=tuple(range(k)),
+    asked = Request(net=spec.name, layer="conv3", channels=range(1, k + 1), stim="x.stim.csv",
+                    out=folder, save_maps=True, maps_format="zarr", maps_reduce=tuple(reduce))
+    plan = Plan(request=asked, spec=spec, channels0=tuple(range(k)),
                 method=resolve("guided", spec, "conv3"), stimuli=stimuli, weights=None,
-                out=folder, save_maps=True, maps_format="zarr", maps_reduce=tuple(reduce),
-                stimuli_per_shard=60)
+                out=folder, stimuli_per_shard=60)
     store = map_store.MapStore.create(plan, {"stimuli_per_call": 60, "channels_per_call": 4})
     for shard, start in enumerate(range(0, n, 60)):
         stimuli_ = range(start, min(start + 60, n))

@@ -28,7 +28,7 @@ from jaxsal import pipeline, render
 from jaxsal.errors import UsageError
 from jaxsal.methods import resolve
 from jaxsal.models import get_net_spec
-from jaxsal.request import Plan
+from jaxsal.request import Plan, Request
 from jaxsal.stimuli import read_stim_csv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,9 +100,12 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
     stim = tmp_path / "run.stim.csv"
     stim.write_text("type=image\npath=" + os.fspath(paths[0].parent) + "\ndata=stimID\n"
                     + "".join(p.name + "\n" for p in paths))
-    plan = Plan(spec=SPEC, layer="conv5", channels0=tuple(c - 1 for c in channels),
+    request = Request(net=SPEC.name, layer="conv5", channels=channels, stim=stim, method=meth,
+                      mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, out=tmp_path / "out",
+                      overlay=overlay)
+    plan = Plan(request=request, spec=SPEC, channels0=tuple(c - 1 for c in channels),
                 method=resolve(meth, SPEC, "conv5"), stimuli=read_stim_csv(stim), weights=None,
-                mode=mode, cmap=cmap, vmin=vmin, vmax=vmax, out=tmp_path / "out", overlay=overlay)
+                out=tmp_path / "out")
 
     def iter_blocks(net, inputs, layer, chans, method, *, size, block, precision, values,
                     batches, reporter=None):
@@ -119,8 +122,8 @@ def command_figures(tmp_path, monkeypatch, paths, maps, channels, meth="guided",
     monkeypatch.setattr(render, "render_pool", lambda workers: pool)
     monkeypatch.setattr(render, "default_render_workers", lambda: 1)
     # The network stands in for jaxsal.batching (which would import JAX for nothing).
-    monkeypatch.setitem(sys.modules, "jaxsal.batching", types.SimpleNamespace(
-        iter_blocks=iter_blocks, call_shape=lambda net, layer, k, n, batch_size: (4, k)))
+    monkeypatch.setattr(pipeline, "_device", lambda: (types.SimpleNamespace(
+        iter_blocks=iter_blocks, call_shape=lambda net, layer, k, n, batch_size: (4, k)), None))
     net = types.SimpleNamespace(spec=SPEC, weights=None)
     with pipeline.Pipeline(plan) as stages:
         stages.execute(net)
