@@ -202,26 +202,45 @@ def as_method(method="guided", **options) -> Method:
 
 
 def default_cam_layer(spec, layer: str) -> str:
-    """The target itself if it is conv-like and not above the net's CAM layer (the last
-    conv-like block before pooling, `NetSpec.cam_layer`); that layer for targets above it;
-    else the last conv-like layer below the target."""
+    """The target itself if it is spatial (conv-like, or a transformer's tokens) and not above
+    the net's CAM layer (the last conv-like block before pooling, `NetSpec.cam_layer`); that
+    layer for targets above it; else the last spatial layer below the target."""
     names = spec.layer_names
     index = names.index(layer)
-    if spec.layer(layer).kind == "conv" and index <= names.index(spec.cam_layer):
+    if spec.layer(layer).spatial and index <= names.index(spec.cam_layer):
         return layer
     if names.index(spec.cam_layer) <= index:
         return spec.cam_layer
     for name in reversed(names[: index + 1]):
-        if spec.layer(name).kind == "conv":
+        if spec.layer(name).spatial:
             return name
     raise UsageError(f"{spec.name} has no convolutional layer at or below {layer!r} for Grad-CAM")
+
+
+# The nonlinearities whose backward the guided and deconv rules define (SPEC §5): the ReLU, and
+# the max-pool's ordinary routing of the gradient to each window's maximum. Below a target where
+# a network applies any other (a transformer's GELU, softmax attention, LayerNorm), those rules
+# are undefined: such methods are refused there, not silently run as vanilla gradients.
+RELU_NETWORK = ("ReLU", "max-pool")
+
+
+def check_relu_rule(method: Method, spec, layer: str) -> None:
+    """UsageError if `method`'s ReLU rule (guided, deconv) is undefined for the path from the
+    image to `layer` of `spec`, naming the methods that work there."""
+    other = [n for n in spec.layer(layer).nonlinearities if n not in RELU_NETWORK]
+    if method.rule == "vanilla" or not other:
+        return
+    usable = [name for name, info in METHODS.items() if info.rule == "vanilla"]
+    raise UsageError(f"-meth {method.name} is defined for ReLU networks, but {spec.name} applies "
+                     f"{', '.join(other)} on the way to {layer!r}; use {', '.join(usable)} (SmoothGrad: "
+                     f"{', '.join(m for m in usable if METHODS[m].smoothable)})")
 
 
 def resolve(method, spec, layer: str) -> Method:
     """Validate `method` (name, str or Method) for a target layer of a net; returns the canonical
     Method with the Grad-CAM layer filled in. All errors are `UsageError`s."""
     m = as_method(method).canonical()
-    spec.layer(layer)  # unknown target: the spec's own message
+    check_relu_rule(m, spec, layer)
     if not m.is_cam:
         return m
     if m.cam_layer is None:
@@ -229,9 +248,9 @@ def resolve(method, spec, layer: str) -> Method:
     names = spec.layer_names
     if m.cam_layer not in names:
         raise UsageError(f"unknown -cam_layer {m.cam_layer!r} for {spec.name}; valid layers: "
-                         f"{', '.join(n for n in names if spec.layer(n).kind == 'conv')}")
-    if spec.layer(m.cam_layer).kind != "conv":
-        conv = [n for n in names if spec.layer(n).kind == "conv"]
+                         f"{', '.join(n for n in names if spec.layer(n).spatial)}")
+    if not spec.layer(m.cam_layer).spatial:
+        conv = [n for n in names if spec.layer(n).spatial]
         raise UsageError(f"Grad-CAM needs a convolutional -cam_layer (a spatial map), but "
                          f"{m.cam_layer!r} is fully connected; choose from {', '.join(conv)}")
     if names.index(m.cam_layer) > names.index(layer):

@@ -73,7 +73,7 @@ NET = "AlexNet"
 # --layers when not given: a conv-like and an fc target per network (others: the Grad-CAM layer,
 # i.e. the last conv-like block, and the last layer).
 DEFAULT_LAYERS = {"AlexNet": ("fc3", "conv5"), "Vgg16": ("conv13", "fc3"),
-                  "Resnet50": ("layer4_bottleneck2", "fc")}
+                  "Resnet50": ("layer4_bottleneck2", "fc"), "VitB16": ("encoder_layer11", "head")}
 METHODS = ("guided", "vanilla")
 BATCHES = (6, 64, 256)
 CHANNELS = (1, 7)  # 1-based; any two channels cost the same
@@ -119,27 +119,37 @@ def versions() -> dict:
 
 class _MacBackend:
     """Runs a network description (`jaxsal.models.layers`) on shapes and counts the
-    multiply-accumulates of its convolutions (output C*H*W x kernel area x input channels) and
-    linear layers (in x out), blocks included; everything else (batch norm, ReLU, pooling, sums,
-    concatenations) counts as free."""
+    multiply-accumulates of its convolutions (output C*H*W x kernel area x input channels),
+    linear layers (in x out, per token on a transformer's tokens) and self-attention (its
+    projections, 4 T C^2, and the two products of T x T attention weights, 2 T^2 C), blocks
+    included; everything else (batch norm, layer norm, ReLU, GELU, softmax, pooling, sums,
+    concatenations) counts as free. `vjp_macs`: the same for the input gradient, which costs a
+    layer's forward MACs, except that both factors of the attention's products need their
+    gradient (4 T^2 C)."""
 
     def __init__(self):
         from jaxsal.models.layers import ShapeBackend
 
         self._shapes = ShapeBackend()
-        self.macs = 0
+        self.macs = self.vjp_macs = 0
 
     def layer(self, op, x):
-        from jaxsal.models.layers import Block, Conv, Linear
+        from jaxsal.models.layers import Block, Conv, Linear, SelfAttention
 
         if isinstance(op, Block):
             return op.forward(x, self)
         y = op.shape(x)
+        macs = vjp = 0
         if isinstance(op, Conv):
             kh, kw = op.kernel_hw
-            self.macs += math.prod(y) * kh * kw * x[0]
+            macs = vjp = math.prod(y) * kh * kw * x[0]
         elif isinstance(op, Linear):
-            self.macs += x[0] * op.features
+            macs = vjp = math.prod(x[1:]) * x[0] * op.features  # x[1:]: tokens, else ()
+        elif isinstance(op, SelfAttention):
+            c, t = x
+            macs, vjp = 4 * t * c * c + 2 * t * t * c, 4 * t * c * c + 4 * t * t * c
+        self.macs += macs
+        self.vjp_macs += vjp
         return y
 
     def act(self, x):
@@ -152,20 +162,24 @@ class _MacBackend:
         return self._shapes.concat(xs)
 
 
-def layer_macs(spec) -> list[tuple[str, int]]:
+def layer_macs(spec, vjp: bool = False) -> list[tuple[str, int]]:
     """(layer, multiply-accumulates per image) of every named stage that has any, in network
     order, counted from the network's description (`_MacBackend`); an unnamed stage's MACs
-    (none in the registered networks) go to the next named one."""
+    (none in the registered networks) go to the next named one. `vjp`: those of its input
+    gradient instead."""
     from jaxsal.models.layers import run_stages
 
     backend = _MacBackend()
     out, before = [], [0]
 
+    def count():
+        return backend.vjp_macs if vjp else backend.macs
+
     def on_stage(stage, _):
-        if stage.name and backend.macs > before[0]:
-            out.append((stage.name, backend.macs - before[0]))
+        if stage.name and count() > before[0]:
+            out.append((stage.name, count() - before[0]))
         if stage.name:
-            before[0] = backend.macs
+            before[0] = count()
 
     run_stages(spec.stages, spec.input_shape, backend, on_stage)
     return out
@@ -174,7 +188,8 @@ def layer_macs(spec) -> list[tuple[str, int]]:
 def flops_per_map(spec, layer: str, n_channels: int) -> dict:
     """FLOPs (2 x MACs) of one forward to `layer` plus one input-gradient VJP per channel, per
     map. A layer's input gradient costs as many MACs as its forward (the first conv's included:
-    the map is the gradient with respect to the image; no weight gradients are needed).
+    the map is the gradient with respect to the image; no weight gradients are needed), except
+    self-attention's (`_MacBackend`).
 
     `standard` counts every layer up to and including the target, as PyTorch runs it.
     `executed` is what jaxsal's core computes for an affine target (raw conv/fc output): the
@@ -182,12 +197,13 @@ def flops_per_map(spec, layer: str, n_channels: int) -> dict:
     (`jaxsal.core.gradients.gradient_maps`).
     """
     names = list(spec.layer_names)
-    macs = layer_macs(spec)
+    macs, vjp_macs = layer_macs(spec), layer_macs(spec, vjp=True)
     upto = names.index(layer)
     fwd = sum(m for name, m in macs if names.index(name) <= upto)
+    vjp = sum(m for name, m in vjp_macs if names.index(name) <= upto)
     target_layer = sum(m for name, m in macs if name == layer) if spec.layer(layer).affine else 0
-    std = 2 * fwd * (1 + n_channels) / n_channels
-    ex = 2 * (fwd - target_layer) * (1 + n_channels) / n_channels
+    std = 2 * (fwd + n_channels * vjp) / n_channels
+    ex = 2 * (fwd + n_channels * vjp - (1 + n_channels) * target_layer) / n_channels
     return {"forward_gflop_per_image": 2 * fwd / 1e9, "standard_gflop_per_map": std / 1e9,
             "executed_gflop_per_map": ex / 1e9, "per_layer_mmac": {n: m / 1e6 for n, m in macs}}
 
@@ -346,10 +362,19 @@ class Setup:
     def net(self) -> str:
         return self.spec.name
 
-    def torch_net(self, method: str, param_grads: bool = False):
+    def torch_net(self, method: str, param_grads: bool = False, **options):
+        """The PyTorch network; `options` go to its constructor (e.g. sdpa=True)."""
         import torch_baselines
 
-        return torch_baselines.build_net(self.net, self.torch_state, method, param_grads)
+        return torch_baselines.build_net(self.net, self.torch_state, method, param_grads, **options)
+
+    @property
+    def has_attention(self) -> bool:
+        """The description has self-attention: (b) is then also timed with PyTorch's fused
+        `scaled_dot_product_attention` (column torch_sdpa)."""
+        from jaxsal.models.layers import SelfAttention
+
+        return any(isinstance(op, SelfAttention) for op in _primitive_ops(self.spec))
 
 
 def make_setup(n_images: int, seed: int = 0, net: str = NET) -> Setup:
@@ -397,9 +422,10 @@ def jax_caller(fn, params, images, channels0):
 
 def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, orig_images: int,
                precision: str = "highest", torch_channels_last: bool = False) -> dict:
-    """One row: (a), a0, (b), (c) and the matmul probe round-robin; with `torch_channels_last`
-    also (b) with the network and images in torch.channels_last ("torch_cl"), which oneDNN's
-    convolutions may run faster than NCHW."""
+    """One row: (a), a0, (b), (c) and the matmul probe round-robin; for a network with
+    self-attention also (b) with PyTorch's fused attention ("torch_sdpa"); with
+    `torch_channels_last` also (b) with the network and images in torch.channels_last
+    ("torch_cl"), which oneDNN's convolutions may run faster than NCHW (`B_VARIANTS`)."""
     import torch
 
     import torch_baselines
@@ -433,12 +459,17 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
         "matmul": peak_call,
     }
     maps = {"jax": batch * k, "torch": batch * k, "orig": n_orig * k, "orig_no_weight_grads": n_orig * k}
+    variants = {}  # (b) run another way: fns key -> (network, images)
+    if setup.has_attention:
+        variants["torch_sdpa"] = setup.torch_net(method, sdpa=True), nchw
     if torch_channels_last:
-        net_cl = setup.torch_net(method).to(memory_format=torch.channels_last)
-        x_cl = nchw.contiguous(memory_format=torch.channels_last)
-        fns["torch_cl"] = lambda: torch_baselines.done_well(net_cl, x_cl, layer, channels)
-        errors_cl = relative_errors(ours, fns["torch_cl"]())  # and its warm-up
-        maps["torch_cl"] = batch * k
+        variants["torch_cl"] = (setup.torch_net(method).to(memory_format=torch.channels_last),
+                                nchw.contiguous(memory_format=torch.channels_last))
+    variant_errors = {}
+    for key, (variant_net, x) in variants.items():
+        fns[key] = functools.partial(torch_baselines.done_well, variant_net, x, layer, channels)
+        variant_errors[key] = relative_errors(ours, fns[key]())  # and its warm-up
+        maps[key] = batch * k
     times = round_robin(fns, repeats)
     steady = {key: clean_median(times, key) for key in times}
     rate = {key: maps[key] / steady[key] for key in maps}
@@ -449,11 +480,12 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
                                   for i in clean_rounds(times, key, "matmul"))
            for key in maps}
     extra = {}
-    if torch_channels_last:
-        extra = {"ratio_jax_vs_torch_channels_last": paired_speedup(times, "jax", "torch_cl"),
-                 "ratio_torch_channels_last_vs_torch": paired_speedup(times, "torch_cl", "torch"),
-                 "parity_vs_torch_channels_last": {"median_rel_err": float(np.median(errors_cl)),
-                                                   "max_rel_err": float(errors_cl.max())}}
+    for key, errors_b in variant_errors.items():
+        name = B_VARIANTS[key][0]
+        extra |= {f"ratio_jax_vs_{name}": paired_speedup(times, "jax", key),
+                  f"ratio_{name}_vs_torch": paired_speedup(times, key, "torch"),
+                  f"parity_vs_{name}": {"median_rel_err": float(np.median(errors_b)),
+                                        "max_rel_err": float(errors_b.max())}}
     return extra | {
         "net": setup.net, "layer": layer, "method": method, "batch": batch, "channels": k,
         "precision": precision,
@@ -478,6 +510,14 @@ def bench_case(setup: Setup, layer: str, method: str, batch: int, repeats: int, 
         "max_foreign": MAX_FOREIGN,
         "fraction_of_matmul_peak": pct,
     }
+
+
+# (b) run another way, timed in the same rounds: fns key -> (JSON name, column, what it is).
+B_VARIANTS = {
+    "torch_sdpa": ("torch_sdpa", "b_sdpa", "with PyTorch's fused F.scaled_dot_product_attention"),
+    "torch_cl": ("torch_channels_last", "b_cl",
+                 "in channels_last (network and images in torch.channels_last)"),
+}
 
 
 def _print_head(title: str, head: str) -> None:
@@ -512,14 +552,15 @@ def print_cases(cases: list[dict]) -> None:
               f"{c['ratio_jax_vs_orig_no_weight_grads']:>5.1f} | {c['jax_compile_s']:>9.1f} | "
               f"{c['achieved_gflops']['jax']:>9.0f} {c['matmul_gflops_in_run']:>6.0f} {pct:>6} | "
               f"{c['parity_vs_torch']['median_rel_err']:.1e} | {c['clean_rounds_jax_torch']}/{c['repeats']}")
-    cl = [c for c in cases if "torch_cl" in c["maps_per_s"]]
-    if cl:
-        print("(b) in channels_last (network and images in torch.channels_last), same rounds:")
-        for c in cl:
-            print(f"  {c['layer']:{w}} {c['method']:8} {c['batch']:>4} | b_cl {c['maps_per_s']['torch_cl']:.2f} maps/s "
-                  f"({100 * c['fraction_of_matmul_peak']['torch_cl']:.0f}% peak) | b_cl/b "
-                  f"{c['ratio_torch_channels_last_vs_torch']:.2f} | c/b_cl {c['ratio_jax_vs_torch_channels_last']:.2f} | "
-                  f"parity {c['parity_vs_torch_channels_last']['median_rel_err']:.1e}")
+    for key, (name, col, what) in B_VARIANTS.items():
+        rows = [c for c in cases if key in c["maps_per_s"]]
+        if rows:
+            print(f"(b) {what} ({col}), same rounds:")
+        for c in rows:
+            print(f"  {c['layer']:{w}} {c['method']:8} {c['batch']:>4} | {col} {c['maps_per_s'][key]:.2f} maps/s "
+                  f"({100 * c['fraction_of_matmul_peak'][key]:.0f}% peak) | {col}/b "
+                  f"{c[f'ratio_{name}_vs_torch']:.2f} | c/{col} {c[f'ratio_jax_vs_{name}']:.2f} | "
+                  f"parity {c[f'parity_vs_{name}']['median_rel_err']:.1e}")
     if any(c["orig_extrapolated"] for c in cases):
         n = min(c["orig_measured_images"] for c in cases if c["orig_extrapolated"])
         print(f"* (a) and a0 timed on the first {n} images of the batch and extrapolated: the "
@@ -746,9 +787,7 @@ def ablation_applicable(spec, layer: str) -> dict[str, bool]:
     return {
         "affine": spec.layer(layer).affine,
         "pool": any(isinstance(op, MaxPool) for op in ops),
-        "s2d": any(isinstance(op, Conv) and op.stride > 1 and op.kernel_hw[0] == op.kernel_hw[1]
-                   and op.padding_hw[0] == op.padding_hw[1] and op.kernel_hw[0] >= 2 * op.stride
-                   for op in ops),
+        "s2d": any(isinstance(op, Conv) and op.space_to_depth for op in ops),
     }
 
 
@@ -1176,7 +1215,7 @@ def all_units_torch(net_name: str, layer: str, n_images: int, repeats: int) -> d
         x = nchw.detach().requires_grad_(True)
         a = net.forward_to(x, layer)
         for c in range(1, k + 1):
-            torch.autograd.grad(torch_baselines._target(a, c).sum(), x, retain_graph=c < k)
+            torch.autograd.grad(torch_baselines._target(net, a, c).sum(), x, retain_graph=c < k)
 
     t = time.perf_counter()
     every_unit()
@@ -1236,7 +1275,9 @@ def parse_args(argv=None):
     ap.add_argument("--layers", default=None,
                     help="comma-separated target layers (default: the net's conv-like and fc target, "
                          + "; ".join(f"{k}: {','.join(v)}" for k, v in DEFAULT_LAYERS.items()) + ")")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated methods (default: those of {', '.join(METHODS)} the net "
+                         "has, e.g. vanilla only for a transformer)")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed calls per case (after a warm-up); default 5, --quick 2")
@@ -1255,7 +1296,7 @@ def parse_args(argv=None):
     ap.add_argument("--cli-layer", default=None,
                     help="default: the net's conv-like default layer (AlexNet conv5 and Vgg16 conv13 "
                          "run on the bundled weights)")
-    ap.add_argument("--cli-method", default="guided")
+    ap.add_argument("--cli-method", default=None, help="default: the first of --methods' default")
     ap.add_argument("--cli-weights", default=None, help="-weights for the command (needed for fc layers)")
     ap.add_argument("--cli-batch-size", type=int, default=None)
     ap.add_argument("--cli-repeats", type=int, default=3, help="warm runs after the cold one")
@@ -1292,25 +1333,44 @@ def parse_args(argv=None):
 
     spec = get_net_spec(args.net)
     defaults = default_layers(spec)
-    conv_like = next((l for l in defaults if spec.layer(l).kind == "conv"), defaults[0])
+    conv_like = next((l for l in defaults if spec.layer(l).kind != "fc"), defaults[0])
+    usable = [m for m in METHODS if method_applies(spec, m, defaults)]
+    method = usable[0]  # guided, or vanilla where the net has no ReLU rule (a transformer)
+    if args.methods is None:
+        args.methods = ",".join(usable)
+    if args.cli_method is None:
+        args.cli_method = method
     if args.layers is None:
         args.layers = ",".join(defaults)
     if args.precision_cases is None:
-        args.precision_cases = ",".join(f"{l}:guided:64" for l in defaults)
+        args.precision_cases = ",".join(f"{l}:{method}:64" for l in defaults)
     if args.ablate == DEFAULT_CASES:
-        args.ablate = ",".join(f"{l}:guided:64" for l in defaults)
+        args.ablate = ",".join(f"{l}:{method}:64" for l in defaults)
     if args.cli_layer is None:
         args.cli_layer = conv_like
     if args.quick:
-        args.methods, args.batches, args.orig_images = "guided", "6", 3
+        args.methods, args.batches, args.orig_images = method, "6", 3
         args.repeats = 2 if args.repeats is None else args.repeats
-        args.precision_cases = f"{conv_like}:guided:6"
+        args.precision_cases = f"{conv_like}:{method}:6"
     if args.repeats is None:
         args.repeats = 5
     return args
 
 
 DEFAULT_CASES = "default"
+
+
+def method_applies(spec, method: str, layers) -> bool:
+    """`method` is defined for every target of `layers` (guided and deconv need ReLU networks)."""
+    from jaxsal.errors import UsageError
+    from jaxsal.methods import resolve
+
+    try:
+        for layer in layers:
+            resolve(method, spec, layer)
+    except UsageError:
+        return False
+    return True
 
 
 def default_layers(spec) -> tuple[str, ...]:

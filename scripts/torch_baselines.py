@@ -57,11 +57,12 @@ def random_net_state_dict(net_name: str, seed: int = 0) -> "collections.OrderedD
     return torch_nets.random_state_dict(net_name, seed)
 
 
-def build_net(net_name: str, state_dict, method: str, param_grads: bool = False) -> torch.nn.Module:
+def build_net(net_name: str, state_dict, method: str, param_grads: bool = False,
+              **options) -> torch.nn.Module:
     """The reference network in eval mode holding `state_dict`, weights' requires_grad =
     `param_grads` (on: as a freshly loaded torchvision model, and the original program, has it;
-    off: gradients flow to the input only)."""
-    net = torch_nets.build(net_name, state_dict, guided=method == "guided")
+    off: gradients flow to the input only); `options` go to its constructor (a ViT's sdpa=True)."""
+    net = torch_nets.build(net_name, state_dict, guided=method == "guided", **options)
     fast = _GuidedReLUFn.apply
     for m in net.modules():
         if isinstance(m, torch_nets.ReLU) and m.guided:
@@ -71,10 +72,10 @@ def build_net(net_name: str, state_dict, method: str, param_grads: bool = False)
     return net
 
 
-def _target(a: torch.Tensor, channel: int) -> torch.Tensor:
-    """Per-image target of a 1-based channel: spatial mean (conv-like) or the unit (fc)."""
-    a = a[:, channel - 1]
-    return a.mean(dim=(1, 2)) if a.ndim == 3 else a
+def _target(net, a: torch.Tensor, channel: int) -> torch.Tensor:
+    """Per-image target of a 1-based channel: spatial mean (conv-like), the unit (fc), or the
+    mean over the patch tokens (a ViT's tokens): tests/torch_nets.channel_target."""
+    return torch_nets.channel_target(net, a, channel)
 
 
 def original_way(net, images_nchw: torch.Tensor, layer: str, channels) -> np.ndarray:
@@ -91,7 +92,7 @@ def original_way(net, images_nchw: torch.Tensor, layer: str, channels) -> np.nda
                 if name == layer:
                     caught = a
             net.zero_grad()
-            _target(caught, c).sum().backward()
+            _target(net, caught, c).sum().backward()
             out[k, n] = x.grad[0].numpy()
     return out
 
@@ -103,7 +104,7 @@ def done_well(net, images_nchw: torch.Tensor, layer: str, channels, as_numpy: bo
     a = net.forward_to(x, layer)
     maps = []
     for k, c in enumerate(channels):
-        (g,) = torch.autograd.grad(_target(a, c).sum(), x, retain_graph=k < len(channels) - 1)
+        (g,) = torch.autograd.grad(_target(net, a, c).sum(), x, retain_graph=k < len(channels) - 1)
         maps.append(g)
     out = torch.stack(maps)
     return out.cpu().numpy() if as_numpy else out

@@ -48,6 +48,25 @@ def test_flop_count_of_the_networks_beyond_the_original(name, gmac):
     assert macs / 1e9 == pytest.approx(gmac, abs=1e-3)
 
 
+def test_flop_count_of_a_transformer():
+    """ViT-B/16: per block 4 T C^2 (projections) + 2 T^2 C (attention products) + 2 T C M (MLP)
+    forward; the input gradient needs both factors' gradients of the attention products."""
+    bench = load_bench()
+    from jaxsal.models import get_net_spec
+
+    spec = get_net_spec("VitB16")
+    t, c, m = 197, 768, 3072
+    block = 4 * t * c * c + 2 * t * t * c + 2 * t * c * m
+    macs, vjp = dict(bench.layer_macs(spec)), dict(bench.layer_macs(spec, vjp=True))
+    assert macs["conv_proj"] == vjp["conv_proj"] == 768 * 14 * 14 * 16 * 16 * 3
+    assert macs["encoder_layer5"] == block and vjp["encoder_layer5"] == block + 2 * t * t * c
+    assert macs["head"] == 768 * 1000
+    head = bench.flops_per_map(spec, "head", 2)
+    assert head["forward_gflop_per_image"] == pytest.approx(2 * sum(macs.values()) / 1e9)
+    assert head["standard_gflop_per_map"] == pytest.approx((sum(macs.values()) + 2 * sum(vjp.values())) / 1e9)
+    assert head["forward_gflop_per_image"] == pytest.approx(35.13, abs=0.01)  # torchvision: 17.56 GMAC
+
+
 @pytest.mark.slow
 def test_tiny_run_prints_parsable_json():
     pytest.importorskip("torch")

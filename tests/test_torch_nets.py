@@ -96,6 +96,20 @@ FIRST_RELU = {"Vgg11": "conv1_relu", "Vgg16": "conv1_relu", "Vgg19_bn": "conv1_r
               "VggFace": "relu1_1", "Googlenet": "conv1", "InceptionV3": "conv1", "Resnet50": "relu",
               "Resnet152": "relu"}
 
+# Transformers. VitB16: class_token, conv_proj 2, pos_embedding, 12 blocks x (ln_1 2,
+# self_attention 4, ln_2 2, mlp 4), encoder.ln 2, heads.head 2 (torchvision's vit_b_16); no ReLU.
+KEY_COUNTS["VitB16"] = 1 + 2 + 1 + 12 * 12 + 2 + 2
+SPOT_KEYS["VitB16"] = {"class_token": (1, 1, 768), "conv_proj.weight": (768, 3, 16, 16),
+                       "encoder.pos_embedding": (1, 197, 768),
+                       "encoder.layers.encoder_layer_0.self_attention.in_proj_weight": (2304, 768),
+                       "encoder.layers.encoder_layer_7.self_attention.out_proj.bias": (768,),
+                       "encoder.layers.encoder_layer_11.mlp.3.weight": (768, 3072),
+                       "encoder.ln.weight": (768,), "heads.head.weight": (1000, 768)}
+SPOT_SHAPES["VitB16"] = {"conv_proj": (768, 14, 14), "encoder_layer0": (768, 197),
+                         "encoder_layer11": (768, 197), "encoder_ln": (768, 197), "head": (1000,)}
+LAYER_COUNTS["VitB16"] = 1 + 12 + 2
+RELU_CALLS["VitB16"] = 0
+
 SMALL = ("Googlenet", "InceptionV3", "Resnet50")  # random_state_dict under 0.5 s
 
 # -- AlexNet (the one reference of tests and scripts) and the networks beyond the original's
@@ -181,7 +195,8 @@ def test_alexnet_keys_are_torchvisions():
 def test_every_relu_module_is_an_nn_relu(name):
     """Captum's GuidedBackprop, Deconvolution and GuidedGradCam hook nn.ReLU modules."""
     relus = [m for m in torch_nets._meta_model(name).modules() if isinstance(m, torch_nets.ReLU)]
-    assert relus and all(isinstance(m, torch.nn.ReLU) and not m.inplace for m in relus)
+    assert bool(relus) == (RELU_CALLS[name] > 0)  # a ViT has none
+    assert all(isinstance(m, torch.nn.ReLU) and not m.inplace for m in relus)
 
 
 def test_densenet_published_key_names():

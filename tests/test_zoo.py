@@ -44,7 +44,7 @@ def test_layer_table_is_the_torch_models(name):
     assert {layer.kind for layer in spec.layers if len(layer.shape) == 1} <= {"fc"}
 
 
-BIG = {"AlexNet", "Vgg11", "Vgg16", "Vgg19_bn", "VggFace", "Resnet152"}  # 0.2-0.6 GB of random weights
+BIG = {"AlexNet", "Vgg11", "Vgg16", "Vgg19_bn", "VggFace", "Resnet152", "VitB16"}  # 0.2-0.6 GB of random weights
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in ZOO])
@@ -115,8 +115,8 @@ def test_flax_module_matches_the_layer_table(name):
     for layer in spec.layers[:: max(1, len(spec.layers) // 6)] + spec.layers[-1:]:
         out = jax.eval_shape(lambda p, x: build(spec, layer.name).apply({"params": p}, x),
                              variables["params"], x)
-        c, *hw = layer.shape
-        assert out.shape == ((1, *hw, c) if layer.kind == "conv" else (1, c)), layer.name
+        c, *hw = layer.shape  # conv (N, H, W, C), tokens (N, T, C), fc (N, F)
+        assert out.shape == (1, *hw, c), layer.name
 
 
 # Parity of the maps. The reference is PyTorch in float64: PyTorch's own float32 maps are not

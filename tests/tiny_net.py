@@ -40,7 +40,7 @@ def random_params(spec: NetSpec = TINY, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for p in spec.params:
-        leaf = p.key.rsplit(".", 1)[1]
+        leaf = p.key.rsplit(".", 1)[-1]
         if leaf == "kernel":
             fan_in = int(np.prod(p.shape[:-1]))
             value = rng.standard_normal(p.shape) * (2.0 / fan_in) ** 0.5

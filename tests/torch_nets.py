@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import re
 
 import numpy as np
@@ -781,6 +782,114 @@ def densenet_published_key(key: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Vision Transformer (torchvision's VisionTransformer, vit_b_16)
+# --------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention(dim, heads, batch_first=True) as self-attention, written out:
+    q, k, v = x in_proj_weight^T + in_proj_bias (rows q, k, v), per head
+    softmax(q k^T / sqrt(dim / heads)) v with matmuls, heads concatenated, out_proj. Same
+    state_dict keys as nn.MultiheadAttention. `sdpa`: the per-head product by
+    F.scaled_dot_product_attention instead (what torch's own MultiheadAttention runs)."""
+
+    def __init__(self, dim, heads, sdpa=False):
+        super().__init__()
+        self.heads, self.sdpa = heads, sdpa
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, c = x.shape
+        d = c // self.heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.reshape(n, t, 3, self.heads, d).permute(2, 0, 3, 1, 4)  # (n, heads, t, d)
+        if self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(d), dim=-1)
+            out = torch.matmul(weights, v)
+        return self.out_proj(out.transpose(1, 2).reshape(n, t, c))
+
+
+class EncoderBlock(nn.Module):
+    """torchvision's EncoderBlock: ln_1, self_attention, (dropout), + input; ln_2, mlp (Linear,
+    GELU, Dropout, Linear, Dropout: keys mlp.0, mlp.3), + the first sum. LayerNorm eps 1e-6."""
+
+    def __init__(self, heads, hidden, mlp_dim, sdpa=False):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden, eps=1e-6)
+        self.self_attention = SelfAttention(hidden, heads, sdpa)
+        self.dropout = nn.Dropout(0.0)
+        self.ln_2 = nn.LayerNorm(hidden, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_dim), nn.GELU(), nn.Dropout(0.0),
+                                 nn.Linear(mlp_dim, hidden), nn.Dropout(0.0))
+
+    def forward(self, x):
+        y = x + self.dropout(self.self_attention(self.ln_1(x)))
+        return y + self.mlp(self.ln_2(y))
+
+
+class Encoder(nn.Module):
+    def __init__(self, seq_length, layers, heads, hidden, mlp_dim, sdpa=False):
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, seq_length, hidden))
+        self.dropout = nn.Dropout(0.0)
+        self.layers = nn.Sequential(collections.OrderedDict(
+            (f"encoder_layer_{i}", EncoderBlock(heads, hidden, mlp_dim, sdpa)) for i in range(layers)))
+        self.ln = nn.LayerNorm(hidden, eps=1e-6)
+
+
+class VisionTransformer(_Staged):
+    """torchvision.models.VisionTransformer (no representation layer): conv_proj (patch x patch,
+    stride patch), class_token, encoder (pos_embedding, layers, ln), heads.head on the class
+    token. A token output (N, T, C) is yielded channel-first, (N, C, T), like the layer table;
+    its first CLASS_TOKENS tokens are not patches. No ReLU, so `guided` changes nothing (jaxsal
+    refuses guided backpropagation for it: docs/methods.md)."""
+
+    INPUT_SIZE, PATCH, DEPTH, HIDDEN, HEADS, MLP_DIM, CLASSES = 224, 16, 12, 768, 12, 3072, 1000
+    CLASS_TOKENS = 1
+
+    def __init__(self, guided: bool = False, sdpa: bool = False):
+        super().__init__()
+        grid = self.INPUT_SIZE // self.PATCH
+        self.conv_proj = nn.Conv2d(3, self.HIDDEN, kernel_size=self.PATCH, stride=self.PATCH)
+        self.class_token = nn.Parameter(torch.empty(1, 1, self.HIDDEN))
+        self.encoder = Encoder(grid * grid + 1, self.DEPTH, self.HEADS, self.HIDDEN, self.MLP_DIM, sdpa)
+        self.heads = nn.Sequential(collections.OrderedDict(head=nn.Linear(self.HIDDEN, self.CLASSES)))
+        self._check_layers()
+
+    def _tokens(self, x):
+        """torchvision's _process_input, class token and position embedding (+ dropout)."""
+        n = x.shape[0]
+        x = x.reshape(n, self.HIDDEN, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        return self.encoder.dropout(x + self.encoder.pos_embedding)
+
+    def _stages(self):
+        yield "conv_proj", self.conv_proj
+        yield None, self._tokens
+        for i, block in enumerate(self.encoder.layers):
+            yield f"encoder_layer{i}", block
+        yield "encoder_ln", self.encoder.ln
+        yield None, lambda x: x[:, 0]
+        yield "head", self.heads.head
+
+    def forward_all(self, x):
+        for name, out in super().forward_all(x):
+            yield name, out.transpose(1, 2) if out.ndim == 3 else out
+
+
+def _vit_layer_names(depth):
+    return ("conv_proj",) + tuple(f"encoder_layer{i}" for i in range(depth)) + ("encoder_ln", "head")
+
+
+class VitB16(VisionTransformer):
+    LAYERS = _vit_layer_names(12)
+
+
+# --------------------------------------------------------------------------------------------
 # TinyNet (tests/tiny_net.py): not a published network, so not in NETS
 # --------------------------------------------------------------------------------------------
 
@@ -828,12 +937,19 @@ NETS = {
     "Resnet18": Resnet18,
     "Resnet34": Resnet34,
     "Densenet121": Densenet121,
+    # transformers (issue 18)
+    "VitB16": VitB16,
 }
+
+
+def net_class(name):
+    """NETS[name]; a network class itself may stand for its name (a test's small variant)."""
+    return NETS[name] if isinstance(name, str) else name
 
 
 def _meta_model(name, guided=False, **kwargs):
     with torch.device("meta"):
-        return NETS[name](guided, **kwargs).eval()
+        return net_class(name)(guided, **kwargs).eval()
 
 
 @functools.lru_cache(maxsize=None)
@@ -854,7 +970,9 @@ def random_state_dict(name, seed: int = 0) -> "collections.OrderedDict[str, torc
     Except the last BatchNorm of a ResNet residual branch (Bottleneck.bn3, BasicBlock.bn2):
     weight U(0.1, 0.3), as in trained ResNets -- with U(0.5, 1.5) there, BN's running statistics
     (not those of the actual activations) let the residual sum grow about 1.6x per block, to
-    ~1e11 at ResNet-152's avgpool; with U(0.1, 0.3) it stays O(10)."""
+    ~1e11 at ResNet-152's avgpool; with U(0.1, 0.3) it stays O(10). Transformers: LayerNorm
+    weight U(0.5, 1.5), bias N(0, 0.1^2); attention in_proj_weight He-scaled, in_proj_bias
+    N(0, 0.05^2); class_token and pos_embedding N(0, 0.1^2)."""
     gen = torch.Generator().manual_seed(seed)
     net = _meta_model(name)
     kind = {}  # key -> "conv" | "linear" | "bn"
@@ -864,15 +982,17 @@ def random_state_dict(name, seed: int = 0) -> "collections.OrderedDict[str, torc
         prefix = mod_name + "." if mod_name else ""
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             tag = "bn_residual_end" if mod_name in residual_ends else "bn"
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            tag = "weight"
+        elif isinstance(module, (nn.Conv2d, nn.Linear, SelfAttention)):
+            tag = "weight"  # SelfAttention: its in_proj_weight, in_proj_bias (out_proj: Linear)
+        elif isinstance(module, nn.LayerNorm):
+            tag = "ln"
         else:
             continue
         for key in list(module.state_dict(keep_vars=True)):
             kind[prefix + key] = tag
     state = collections.OrderedDict()
     for key, shape, dtype in _state_dict_shapes(name):
-        leaf = key.rsplit(".", 1)[1]
+        leaf = key.rsplit(".", 1)[-1]
         if kind.get(key) in ("bn", "bn_residual_end"):
             if leaf == "num_batches_tracked":
                 value = torch.tensor(0, dtype=torch.int64)
@@ -882,11 +1002,15 @@ def random_state_dict(name, seed: int = 0) -> "collections.OrderedDict[str, torc
                 value = torch.rand(shape, generator=gen) + 0.5
             else:  # bias, running_mean
                 value = torch.randn(shape, generator=gen) * 0.1
-        elif kind.get(key) == "weight" and leaf == "weight":
+        elif kind.get(key) == "weight" and leaf in ("weight", "in_proj_weight"):
             fan_in = int(np.prod(shape[1:]))
             value = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
-        elif kind.get(key) == "weight" and leaf == "bias":
+        elif kind.get(key) == "weight" and leaf in ("bias", "in_proj_bias"):
             value = torch.randn(shape, generator=gen) * 0.05
+        elif kind.get(key) == "ln":
+            value = torch.rand(shape, generator=gen) + 0.5 if leaf == "weight" else torch.randn(shape, generator=gen) * 0.1
+        elif leaf in ("class_token", "pos_embedding"):
+            value = torch.randn(shape, generator=gen) * 0.1
         else:
             raise KeyError(f"unexpected state_dict entry {key}")
         assert value.dtype == dtype, (key, value.dtype, dtype)
@@ -914,15 +1038,26 @@ def torch_saliency(name, state_dict, images_nchw, layer, channels, guided, dtype
     return channel_maps(net, torch.as_tensor(np.asarray(images_nchw)).to(dtype), layer, channels)
 
 
+def channel_target(net, out, c):
+    """(N,) per-image target of 1-based channel c of a layer output: the channel's spatial mean
+    ((N, C, H, W) outputs), its mean over the patch tokens ((N, C, T) token outputs: the first
+    `net.CLASS_TOKENS` tokens left out) or the unit ((N, F) outputs)."""
+    a = out[:, c - 1]
+    if a.ndim == 3:
+        return a.mean(dim=(1, 2))
+    if a.ndim == 2:
+        return a[:, net.CLASS_TOKENS:].mean(dim=1)
+    return a
+
+
 def channel_maps(net, x, layer, channels):
     """(K, N, 3, S, S) numpy: d target / d x for each 1-based channel of `net.forward_to(x, layer)`;
-    the target is the channel's spatial mean ((C, H, W) outputs) or the unit ((F,) outputs)."""
+    the target is `channel_target`'s."""
     x = x.requires_grad_(True)
     out = net.forward_to(x, layer)
     maps = []
     for c in channels:
-        a = out[:, c - 1]
-        target = a.mean(dim=(1, 2)) if a.ndim == 3 else a
+        target = channel_target(net, out, c)
         (g,) = torch.autograd.grad(target.sum(), x, retain_graph=True)
         maps.append(g.detach().numpy())
     return np.stack(maps)
@@ -934,7 +1069,7 @@ def _layer_shapes(name, device):
         net = _meta_model(name)
     else:
         net = build(name, random_state_dict(name))
-    size = NETS[name].INPUT_SIZE
+    size = net_class(name).INPUT_SIZE
     x = torch.zeros(1, 3, size, size, device=device)
     with torch.no_grad():
         return tuple((layer, tuple(out.shape[1:])) for layer, out in net.forward_all(x))

@@ -1,6 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) and guided Grad-CAM.
 
-With A the activation (h, w, C) at the CAM layer and y the target: alpha_c = mean over h, w of
+With A the activation (h, w, C) at the CAM layer (a transformer layer's patch tokens folded
+back to their grid, `as_grid`) and y the target: alpha_c = mean over h, w of
 dy/dA_c (vanilla gradients), cam = relu(sum_c alpha_c A_c), upsampled bilinearly (half-pixel
 centres, i.e. align_corners=False) to S x S. Guided Grad-CAM = guided map x cam. One forward to
 the CAM layer serves both parts: the guided map is the guided VJP of the lower part applied to
@@ -16,6 +17,16 @@ from jaxsal.core.targets import target_cotangents
 from jaxsal.core.precision import setup_precision
 from jaxsal.core.relu_rules import RULES
 from jaxsal.models.network import build
+
+
+def as_grid(info, a):
+    """A Grad-CAM layer's activation (or its gradient) as a map (..., h, w, C): a transformer
+    layer's (..., T, C) tokens become their h x w patch grid, the class token dropped
+    (pytorch-grad-cam's `reshape_transform` for ViTs); a conv layer's stays as it is."""
+    if info.kind != "tokens":
+        return a
+    h, w = info.grid
+    return a[..., info.prefix_tokens:, :].reshape(a.shape[:-2] + (h, w, a.shape[-1]))
 
 
 def maps(spec, layer, method, precision, params, images, channels0):
@@ -35,8 +46,10 @@ def maps(spec, layer, method, precision, params, images, channels0):
     target, upper_vjp = jax.vjp(lambda a: upper.apply(variables, a), acts)
     cot = target_cotangents(spec.layer(layer), channels0, images.shape[0], target.dtype)
     (d_acts,) = jax.vmap(upper_vjp)(cot)  # (K, N, h, w, C)
-    alpha = jnp.mean(d_acts.astype(jnp.float32), axis=(2, 3))  # (K, N, C)
-    cam = jnp.einsum("knc,nhwc->knhw", alpha, acts.astype(jnp.float32), precision=lax.Precision.HIGHEST)
+    cam_info = spec.layer(method.cam_layer)
+    alpha = jnp.mean(as_grid(cam_info, d_acts).astype(jnp.float32), axis=(2, 3))  # (K, N, C)
+    cam = jnp.einsum("knc,nhwc->knhw", alpha, as_grid(cam_info, acts).astype(jnp.float32),
+                     precision=lax.Precision.HIGHEST)
     cam = jax.nn.relu(cam)
     cam = jax.image.resize(cam, cam.shape[:2] + (size, size), method="bilinear")
     if not guided:

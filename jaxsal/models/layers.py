@@ -37,6 +37,26 @@ class Flat(tuple):
         return self
 
 
+class Tokens(tuple):
+    """(C, T): a transformer's T tokens of C channels, channel-first like the other shapes. The
+    last grid[0] * grid[1] tokens are the image's patches in row-major order; the `prefix`
+    tokens before them (a class token) belong to no patch."""
+
+    grid: tuple[int, int]
+
+    def __new__(cls, channels: int, grid: tuple[int, int], prefix: int = 0):
+        self = super().__new__(cls, (channels, prefix + grid[0] * grid[1]))
+        self.grid = tuple(grid)
+        return self
+
+    @property
+    def prefix(self) -> int:
+        return self[1] - self.grid[0] * self.grid[1]
+
+    def with_channels(self, channels: int) -> "Tokens":
+        return Tokens(channels, self.grid, self.prefix)
+
+
 def _pool_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
     """torch's pooling/conv output size, ceil_mode included (the last window must start inside
     the input or its left padding)."""
@@ -60,6 +80,9 @@ class Op:
     torch: str | None = None
 
     affine = False  # output is an affine function of the input (targets skip their VJP)
+    # The nonlinearity it applies, by name (None: none, or affine). Methods whose backward rule
+    # is defined for ReLU networks only read these (`jaxsal.methods.RELU_NETWORK`).
+    nonlinearity = None
 
     def shape(self, x: tuple) -> tuple:
         return x
@@ -72,12 +95,18 @@ class Op:
         """{leaf: (torch leaf, layout rule)}; rules are applied by `jaxsal.weights.conversion`."""
         return {}
 
+    def internal_elements(self, x: tuple) -> int:
+        """Elements per image of the results it computes besides its output (kept for the
+        backward pass; memory estimates)."""
+        return 0
+
 
 @dataclasses.dataclass(frozen=True)
 class Conv(Op):
     """torch Conv2d with explicit symmetric padding (never 'SAME': AlexNet's conv1 would differ).
-    Kernel HWIO. A kernel at least twice its stride runs as a space-to-depth convolution (same
-    sums, a much cheaper input gradient)."""
+    Kernel HWIO. A square kernel at least twice its stride, or equal to it (a ViT's patches),
+    runs as a space-to-depth convolution (`space_to_depth`: same sums, a much cheaper input
+    gradient)."""
 
     features: int = 0
     kernel: int | tuple[int, int] = 1
@@ -94,6 +123,11 @@ class Conv(Op):
     @property
     def padding_hw(self) -> tuple[int, int]:
         return (self.padding,) * 2 if isinstance(self.padding, int) else tuple(self.padding)
+
+    @property
+    def space_to_depth(self) -> bool:
+        (kh, kw), (ph, pw) = self.kernel_hw, self.padding_hw
+        return self.stride > 1 and kh == kw and ph == pw and (kh >= 2 * self.stride or kh == self.stride)
 
     def shape(self, x):
         c, h, w = x
@@ -133,14 +167,15 @@ class BatchNorm(Op):
 
 @dataclasses.dataclass(frozen=True)
 class Linear(Op):
-    """torch Linear; kernel (in, out). After a flatten, its rows are in H,W,C order."""
+    """torch Linear; kernel (in, out). After a flatten, its rows are in H,W,C order. On tokens
+    it acts on each token's channels (a transformer's MLP)."""
 
     features: int = 0
 
     affine = True
 
     def shape(self, x):
-        return (self.features,)
+        return x.with_channels(self.features) if isinstance(x, Tokens) else (self.features,)
 
     def params(self, x):
         return {"kernel": (x[0], self.features), "bias": (self.features,)}
@@ -154,6 +189,8 @@ class Linear(Op):
 class ReLU(Op):
     """A ReLU; the saliency method decides its backward rule (vanilla, guided, deconv)."""
 
+    nonlinearity = "ReLU"
+
 
 @dataclasses.dataclass(frozen=True)
 class MaxPool(Op):
@@ -163,6 +200,8 @@ class MaxPool(Op):
     stride: int = 2
     padding: int = 0
     ceil: bool = False
+
+    nonlinearity = "max-pool"
 
     def shape(self, x):
         c, h, w = x
@@ -217,6 +256,89 @@ class ChannelAffine(Op):
 
 
 # ---------------------------------------------------------------------------------------------
+# Transformer primitives (torchvision's VisionTransformer): tokens (C, T) -> tokens, except
+# where said
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenEmbedding(Op):
+    """(C, H, W) patch features -> (C, 1 + H*W) tokens: the patches in row-major order with a
+    learned class token before them, plus a learned position embedding (torchvision ViT's
+    `_process_input`, `class_token` and `encoder.pos_embedding`). Glue: its parameters are
+    keyed at the scope it runs in (`class_token`, `pos_embedding`)."""
+
+    affine = True
+
+    def shape(self, x):
+        c, h, w = x
+        return Tokens(c, (h, w), prefix=1)
+
+    def params(self, x):
+        c, h, w = x
+        return {"class_token": (1, 1, c), "pos_embedding": (1, 1 + h * w, c)}
+
+    def torch_leaves(self, x):
+        return {"class_token": ("class_token", "copy"),
+                "pos_embedding": ("encoder.pos_embedding", "copy")}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm(Op):
+    """torch LayerNorm over each token's channels (biased variance), with the module's eps."""
+
+    eps: float = 1e-5
+
+    nonlinearity = "LayerNorm"
+
+    def params(self, x):
+        return {"scale": (x[0],), "bias": (x[0],)}
+
+    def torch_leaves(self, x):
+        return {"scale": ("weight", "copy"), "bias": ("bias", "copy")}
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfAttention(Op):
+    """torch MultiheadAttention(C, heads, batch_first=True) applied as self-attention: queries,
+    keys and values from one projection (its `in_proj_weight`, rows q, k, v), softmax(q k^T /
+    sqrt(C / heads)) v per head, the heads concatenated and projected (`out_proj`)."""
+
+    heads: int = 1
+
+    nonlinearity = "softmax attention"
+
+    def params(self, x):  # its two projections are linear layers (in, out), as torch's
+        c = x[0]
+        return {"in_proj.kernel": (c, 3 * c), "in_proj.bias": (3 * c,),
+                "out_proj.kernel": (c, c), "out_proj.bias": (c,)}
+
+    def torch_leaves(self, x):
+        return {"in_proj.kernel": ("in_proj_weight", "linear"), "in_proj.bias": ("in_proj_bias", "copy"),
+                "out_proj.kernel": ("out_proj.weight", "linear"), "out_proj.bias": ("out_proj.bias", "copy")}
+
+    def internal_elements(self, x):
+        c, t = x
+        return 4 * t * c + 2 * self.heads * t * t  # q, k, v, heads' outputs; logits, weights
+
+
+@dataclasses.dataclass(frozen=True)
+class GELU(Op):
+    """torch GELU, the exact (erf) form: x * Phi(x)."""
+
+    nonlinearity = "GELU"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassTokenPool(Op):
+    """Tokens (C, T) -> (C,): the class token, which torchvision's ViT hands to its head."""
+
+    affine = True
+
+    def shape(self, x):
+        return (x[0],)
+
+
+# ---------------------------------------------------------------------------------------------
 # Blocks
 
 
@@ -261,20 +383,31 @@ class ShapeBackend:
 
 class CountingBackend(ShapeBackend):
     """Runs a description on shapes and counts the elements of every intermediate result (per
-    image): what a backward pass keeps, for memory estimates."""
+    image): what a backward pass keeps, for memory estimates. Also records the nonlinearities
+    applied so far (`Op.nonlinearity`; every `act` is a ReLU), in order of first use."""
 
     def __init__(self):
         self.elements = 0
+        self.nonlinearities: list[str] = []
 
     def _count(self, x):
         self.elements += math.prod(x)
         return x
 
+    def _applies(self, nonlinearity):
+        if nonlinearity and nonlinearity not in self.nonlinearities:
+            self.nonlinearities.append(nonlinearity)
+
     def layer(self, op, x):
         out = super().layer(op, x)
-        return out if isinstance(op, Block) else self._count(out)
+        if isinstance(op, Block):
+            return out
+        self._applies(op.nonlinearity)
+        self.elements += op.internal_elements(x)
+        return self._count(out)
 
     def act(self, x):
+        self._applies(ReLU.nonlinearity)
         return self._count(super().act(x))
 
     def add(self, a, b):
@@ -311,14 +444,14 @@ class ParamBackend(ShapeBackend):
             if isinstance(op, Block):
                 return op.forward(x, self)
             params = op.params(x)
-            if params:
-                key = ".".join(n for n, _ in self._scope)
-                torch = ".".join(t for _, t in self._scope if t)
+            if params:  # an unnamed op's parameters are keyed at its enclosing scope
+                key = "".join(f"{n}." for n, _ in self._scope if n)
+                torch = "".join(f"{t}." for _, t in self._scope if t)
                 leaves = op.torch_leaves(x)
             for leaf, shape in params.items():
                 torch_leaf, rule = leaves[leaf]
                 self.found.append(Param(
-                    key=f"{key}.{leaf}", shape=tuple(shape), torch_key=f"{torch}.{torch_leaf}",
+                    key=f"{key}{leaf}", shape=tuple(shape), torch_key=f"{torch}{torch_leaf}",
                     rule=rule, stage=self.stage,
                     flat_from=x.chw if rule == "linear_after_flatten" else None))
             return op.shape(x)
@@ -328,9 +461,10 @@ class ParamBackend(ShapeBackend):
 
 def run_stages(stages: Sequence[Any], x, backend, on_stage=None):
     """Feed x through `stages` on `backend`; `on_stage(stage, output)` after each."""
-    for stage in stages:
-        if isinstance(backend, ParamBackend):
-            backend.stage = stage.name or ""
+    names = [stage.name for stage in stages]
+    for i, stage in enumerate(stages):
+        if isinstance(backend, ParamBackend):  # glue's parameters belong to the next layer
+            backend.stage = next((n for n in names[i:] if n), "")
         x = backend.layer(stage, x)
         if on_stage is not None:
             on_stage(stage, x)

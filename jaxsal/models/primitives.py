@@ -1,6 +1,6 @@
 """Layer primitives with fast, exact gradients on every backend.
 
-Both functions compute exactly what the textbook operation computes; they exist because XLA's
+These functions compute exactly what the textbook operation computes; they exist because XLA's
 CPU gradients for the textbook forms are slow (see BENCHMARKS.md):
 
 * `max_pool`: torch's max-pool with a custom VJP that remembers which of the k*k window
@@ -10,11 +10,16 @@ CPU gradients for the textbook forms are slow (see BENCHMARKS.md):
   pixel blocks folded into channels (AlexNet's 11x11/4 conv1 becomes a 3x3/1 conv over 48
   channels). Same sums, much cheaper input gradient.
 
-Both are shape- and dtype-generic over leading batch dimensions (NHWC on the last three axes).
+* `gelu`: torch's exact GELU, x * 0.5 * (1 + erf(x / sqrt 2)), with its derivative written out
+  (Phi(x) + x phi(x), as torch's backward): jax.nn.gelu's erfc form and its autodiff ran ~4x
+  slower on XLA:CPU.
+
+All are shape- and dtype-generic over leading batch dimensions (NHWC on the last three axes).
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -121,3 +126,22 @@ def conv_space_to_depth(x, kernel, stride: int, padding: int, precision=None):
         x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
     )
     return y[:, :ho, :wo, :]
+
+
+def _gelu_cdf(x):
+    """Phi(x) = 0.5 * (1 + erf(x / sqrt 2))."""
+    return jnp.asarray(0.5, x.dtype) * (1 + lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype)))
+
+
+@jax.custom_jvp
+def gelu(x):
+    """torch.nn.GELU() (approximate='none'): x * Phi(x)."""
+    return x * _gelu_cdf(x)
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    cdf = _gelu_cdf(x)
+    pdf = jnp.exp(jnp.asarray(-0.5, x.dtype) * x * x) * jnp.asarray((2 * math.pi) ** -0.5, x.dtype)
+    return x * cdf, (cdf + x * pdf) * t

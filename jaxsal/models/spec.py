@@ -14,7 +14,7 @@ from typing import Callable
 
 from jaxsal.channels import expand_channels, parse_channels
 from jaxsal.errors import UsageError
-from jaxsal.models.layers import CountingBackend, ParamBackend, run_stages
+from jaxsal.models.layers import CountingBackend, ParamBackend, Tokens, run_stages
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,23 +56,39 @@ class WeightSource:
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
-    """One named layer. `kind` 'conv' (output C,H,W; target = the channel's mean) or 'fc'
-    (output F; target = the unit). `shape` is channel-first as in the original program.
+    """One named layer. `kind` 'conv' (output C,H,W; target = the channel's mean), 'fc'
+    (output F; target = the unit) or 'tokens' (a transformer's output C,T; target = the
+    channel's mean over the patch tokens, `grid` their h x w arrangement, the class token
+    excluded). `shape` is channel-first as in the original program.
     `affine`: an affine function of the layer below (a raw conv, linear or batch-norm output,
     with only affine glue such as a flatten in between); `jaxsal.core.gradients` then skips the
     target layer's batched backward pass. `activations`: elements per image of every
-    intermediate result from the image up to this layer (block internals included)."""
+    intermediate result from the image up to this layer (block internals included).
+    `nonlinearities`: those applied from the image up to this layer, by name ('ReLU',
+    'max-pool', 'GELU', ...; `layers.Op.nonlinearity`)."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     affine: bool = False
     activations: int = 0
+    grid: tuple[int, int] | None = None
+    nonlinearities: tuple[str, ...] = ()
 
     @property
     def width(self) -> int:
         """Number of channels (conv) or units (fc): valid 1-based channel numbers are 1..width."""
         return self.shape[0]
+
+    @property
+    def spatial(self) -> bool:
+        """Its channels are maps over the image (conv, or tokens of patches): Grad-CAM layers."""
+        return self.kind in ("conv", "tokens")
+
+    @property
+    def prefix_tokens(self) -> int:
+        """tokens: how many tokens (the class token) come before the patch tokens."""
+        return self.shape[1] - self.grid[0] * self.grid[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +129,11 @@ class NetSpec:
             if not stage.name:
                 glue_affine[0] &= stage.affine
                 return
-            kind = "conv" if len(shape) == 3 else "fc"
+            tokens = isinstance(shape, Tokens)
+            kind = "tokens" if tokens else "conv" if len(shape) == 3 else "fc"
             out.append(LayerInfo(stage.name, kind, tuple(shape), stage.affine and glue_affine[0],
-                                 backend.elements))
+                                 backend.elements, shape.grid if tokens else None,
+                                 tuple(backend.nonlinearities)))
             glue_affine[0] = True
 
         run_stages(self.stages, self.input_shape, backend, record)

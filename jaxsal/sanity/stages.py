@@ -15,6 +15,8 @@ Re-initialisation, per parameter (`REINIT`, by the parameter's leaf name): torch
     bias beside a kernel                   U(-1/sqrt(fan_in), +1/sqrt(fan_in)), the kernel's fan_in
     bias of a norm layer (no kernel), mean 0
     scale, var                             1     (a batch norm reset to the identity)
+    class_token, pos_embedding             0     (a transformer's learned embeddings, glue
+                                                 parameters of its first block's stage)
 
 Adebayo et al. drew from a truncated normal instead; the test's outcome does not hinge on the
 law, only on the trained values being gone. The draws themselves (seeded) are
@@ -49,12 +51,12 @@ def reinit_rules(spec: NetSpec, stage: str) -> dict[str, Reinit]:
     kernels = {p.key.rsplit(".", 1)[0]: p.shape for p in params if p.key.endswith(".kernel")}
     rules = {}
     for p in params:
-        scope, leaf = p.key.rsplit(".", 1)
+        scope, _, leaf = p.key.rpartition(".")
         if leaf == "kernel":
             rules[p.key] = Reinit("uniform", 1 / math.sqrt(_fan_in(p.shape)))
         elif leaf == "bias" and scope in kernels:
             rules[p.key] = Reinit("uniform", 1 / math.sqrt(_fan_in(kernels[scope])))
-        elif leaf in ("bias", "mean"):
+        elif leaf in ("bias", "mean", "class_token", "pos_embedding"):
             rules[p.key] = Reinit("constant", 0.0)
         elif leaf in ("scale", "var"):
             rules[p.key] = Reinit("constant", 1.0)
