@@ -53,6 +53,22 @@ def random_torchvision_alexnet(seed: int = 0):
     return torch_nets.random_state_dict("AlexNet", seed)
 
 
+class LazyModule:
+    """The module `name`, imported on first use (the test is skipped if it is not installed):
+    test modules whose tests are all slow keep their heavy imports (Quantus with OpenCV and
+    scikit-learn, Captum: ~2 s) out of the fast tier's collection."""
+
+    def __init__(self, name: str):
+        self._name, self._module = name, None
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):  # pytest's collection probes objects (`_mock_name`): not an import
+            raise AttributeError(attr)
+        if self._module is None:
+            self._module = pytest.importorskip(self._name)
+        return getattr(self._module, attr)
+
+
 @pytest.fixture(scope="session")
 def torchvision_alexnet_checkpoint(tmp_path_factory) -> tuple[pathlib.Path, dict[str, np.ndarray]]:
     """(path of `alexnet-owt-<sha256[:8]>.pth`, its state_dict as numpy float32 arrays)."""

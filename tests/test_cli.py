@@ -164,6 +164,7 @@ def test_rgb_ignores_cmap_gray_uses_it_and_vmin_vmax(workdir, dnn_saliency, tiny
     assert np.abs(gray_coolwarm[350:, :, 0] - gray_coolwarm[350:, :, 2]).max() > 60
 
 
+@pytest.mark.slow
 def test_show_on_headless_machine_says_so_once(workdir, cli_env, tiny_weights):
     done = run(["-net", "TinyNet", "-weights", str(tiny_weights), "-layer", "conv1", "-chn", "3",
                 "-stim", STIM, "-show", "-meth", "vanilla", "-precision", "default"], workdir,

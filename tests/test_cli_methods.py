@@ -67,7 +67,9 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(RUNS))
+@pytest.mark.parametrize("case", [  # gradcam (2-D maps, -overlay, -cmap) fast, the rest slow
+    case if case == "gradcam" else pytest.param(case, marks=pytest.mark.slow)
+    for case in sorted(RUNS)])
 def test_each_method_end_to_end(case, workdir, dnn_saliency, tiny_weights):
     extra, options, shape = RUNS[case]
     done = dnn_saliency(tiny_base(tiny_weights) + extra, workdir)

@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-captum_attr = pytest.importorskip("captum.attr")
+
+from conftest import LazyModule  # noqa: E402
 
 from jaxsal.core import compiled_saliency  # noqa: E402
 from jaxsal.core.smoothgrad import smoothgrad_noise  # noqa: E402
@@ -44,6 +45,7 @@ from jaxsal.stimuli import load_image, to_network_input  # noqa: E402
 import torch_nets  # noqa: E402
 
 pytestmark = pytest.mark.slow  # full-size AlexNet on both sides
+captum_attr = LazyModule("captum.attr")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5

@@ -485,6 +485,7 @@ def test_reused_figures_and_cached_layouts_draw_exactly_the_plain_figure(tmp_pat
     assert fast_redraw._LEAN_BACKGROUND is True
 
 
+@pytest.mark.slow
 def test_a_lean_background_that_differs_from_a_full_draw_is_not_used(tmp_path, monkeypatch):
     """If the lean background misses something a full draw shows (here a stray line, as a
     matplotlibrc or another matplotlib could add), the process keeps to the full draw."""
@@ -602,8 +603,9 @@ def _layout_of_another_key(monkeypatch):
     monkeypatch.setattr(fast_redraw, "_TIGHT_LAYOUTS", _AnyKey())
 
 
-@pytest.mark.parametrize("breakage",
-                         [_stale_pixels, _background_without_labels, _layout_of_another_key])
+@pytest.mark.parametrize("breakage", [  # one in the fast tier, the others in the slow one
+    _stale_pixels, pytest.param(_background_without_labels, marks=pytest.mark.slow),
+    pytest.param(_layout_of_another_key, marks=pytest.mark.slow)])
 def test_the_identity_check_catches_a_broken_fast_path(tmp_path, monkeypatch, breakage):
     """A fast path that keeps stale pixels, draws a wrong background or reuses the wrong layout
     fails the comparison above; the switch turned off does not use it."""

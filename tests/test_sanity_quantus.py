@@ -20,7 +20,6 @@ import pytest
 
 pytestmark = pytest.mark.slow  # Quantus and torch: ~5 s of imports
 
-quantus = pytest.importorskip("quantus")
 torch = pytest.importorskip("torch")
 
 import conftest  # noqa: E402
@@ -28,6 +27,8 @@ import tiny_net  # noqa: E402
 import torch_nets  # noqa: E402
 from jaxsal.sanity import curves, engine, plan  # noqa: E402
 from jaxsal.sanity.similarity import SIMILARITIES, descending_positions, reduce_maps  # noqa: E402
+
+quantus = conftest.LazyModule("quantus")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = tiny_net.TINY

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # checks of the references the slow parity tests use
 
 import torch_nets  # noqa: E402
 from torch_nets import NETS, layer_shapes, random_state_dict, state_dict_shapes, torch_saliency  # noqa: E402

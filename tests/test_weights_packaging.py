@@ -43,6 +43,7 @@ def test_resources_find_the_bundled_file_in_this_install():
     assert path.is_file()
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_bundled_file(tmp_path):
     """Build a wheel (as `pip install .` does), install it into a folder, and look it up there
     with site-packages disabled, so neither the editable install nor the source tree can help.

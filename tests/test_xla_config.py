@@ -127,7 +127,8 @@ def _expected_on_this_machine() -> list[str]:
 IMPORT_ONLY = "import sys, jaxsal; assert 'jax' not in sys.modules, 'import jaxsal imported JAX'"
 
 
-@pytest.mark.parametrize("user", [None, "--xla_cpu_enable_fast_math=false"])
+@pytest.mark.parametrize("user", [
+    None, pytest.param("--xla_cpu_enable_fast_math=false", marks=pytest.mark.slow)])
 def test_import_jaxsal_leaves_xla_flags_unchanged(user):
     env = {} if user is None else {"XLA_FLAGS": user}
     assert _xla_flags_after(IMPORT_ONLY, env) == (user or "<unset>")
@@ -148,6 +149,7 @@ def test_tune_cpu_adds_the_flag():
     assert _xla_flags_after(code, {"XLA_FLAGS": user}) == " ".join([user, *expected])
 
 
+@pytest.mark.slow
 def test_tune_cpu_after_the_first_computation_does_nothing():
     code = ("import jax.numpy as jnp; jnp.ones(2).block_until_ready()\n"
             "import jaxsal; assert jaxsal.tune_cpu() == []")
