@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark: the sanity checks end to end, jaxsal vs Quantus 0.6.0 driving the same model in
-PyTorch, in one process on this machine's CPU (BENCHMARKS.md, "Sanity checks").
+PyTorch, on this machine's CPU, each side in its own process (BENCHMARKS.md, "Sanity checks").
 
 The workload (issue 17): AlexNet conv5 with the bundled ImageNet conv weights, 2 channels, 64
 stimuli (resized copies of the example photos, as scripts/bench.py --cli makes them), for vanilla
@@ -20,7 +20,11 @@ the random pixel order's curve.
   the benchmark lifts that one assertion (the loop itself runs ceil(3 * 224^2 / step) = 16
   steps); `perturb_baseline=0.0` is jaxsal's `mean` fill (zeros in normalised space).
 
-Both sides' numbers are printed next to each other: the deletion curves must agree (same weights,
+Each side runs in a child process of its own (in one process with JAX, PyTorch's speed was seen
+to move by 2x; the Quantus side never imports JAX): this process writes the stimuli, the
+weights in torchvision's layout and the random pixel order to a temporary folder, then runs
+`--side jaxsal` and `--side quantus`, which write their numbers there. Both sides' numbers are
+printed next to each other: the deletion curves must agree (same weights,
 same orders up to equal values); the MPRT medians only roughly (each draws its own random
 weights). Then one line `BENCH_JSON {...}`.
 
@@ -34,6 +38,7 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,14 +50,11 @@ for folder in (HERE, REPO / "tests"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-import jaxsal  # noqa: E402
-
-jaxsal.tune_cpu()  # as the command does, before anything imports JAX
-
 import numpy as np  # noqa: E402
 
 JSON_PREFIX = "BENCH_JSON "
 LAYER = "conv5"
+STIM = "bench.stim.csv"  # what bench.make_stimuli writes
 
 
 def torch_unit_model(method: str, state: dict):
@@ -87,21 +89,20 @@ def explain(model, inputs, targets, **kwargs):
     return grad.abs().sum(dim=1).numpy()
 
 
-def run_quantus(stim: pathlib.Path, channels, methods, steps: int, seed: int) -> dict:
-    """The Quantus side, timed from the .stim.csv; returns seconds and its numbers."""
+def run_quantus(work: pathlib.Path, channels, methods, steps: int, seed: int) -> dict:
+    """The Quantus side, timed from the .stim.csv; returns seconds and its numbers. Reads the
+    weights (torchvision layout) and the random pixel order the parent wrote to `work`."""
     import quantus
     import quantus.metrics.faithfulness.pixel_flipping as pixel_flipping
 
-    from conftest import torchvision_layout
     from jaxsal.models import get_net_spec
-    from jaxsal.sanity.curves import random_positions
     from jaxsal.stimuli import load_image, preprocess, read_stim_csv
-    from jaxsal.weights import load_weights
 
     spec = get_net_spec("AlexNet")
-    flat = load_weights(spec).params  # as jaxsal.check resolves them (conv layers at least)
-    conv = types.SimpleNamespace(params=[p for p in spec.params if p.key in flat])
-    state = torchvision_layout(conv, flat)
+    with np.load(work / "state.npz") as f:
+        state = {k: f[k] for k in f.files}
+    order = np.load(work / "random_order.npy")
+    stim = work / STIM
     pixel_flipping.asserts.assert_features_in_step = lambda **kwargs: None  # see the docstring
     size = spec.input_size
     n_pixels = size * size
@@ -127,7 +128,6 @@ def run_quantus(stim: pathlib.Path, channels, methods, steps: int, seed: int) ->
                 softmax=False, device="cpu", batch_size=n)
             out["deletion"][(method, channel)] = np.asarray(curve)  # (N, steps)
     model = torch_unit_model("vanilla", state)
-    order = random_positions(seed, range(n), n_pixels)
     a_random = -(3 * order[:, None, :] + np.arange(3)[None, :, None]).reshape(n, 3, size, size)
     for channel in channels:
         curve = quantus.PixelFlipping(**flip)(
@@ -140,6 +140,8 @@ def run_quantus(stim: pathlib.Path, channels, methods, steps: int, seed: int) ->
 
 def run_jaxsal(stim: pathlib.Path, channels, methods, steps: int, seed: int):
     """(wall seconds, process CPU seconds, the table) of one `jaxsal.check` from the .stim.csv."""
+    import jaxsal
+
     t0, c0 = time.perf_counter(), time.process_time()
     frame = jaxsal.check("AlexNet", LAYER, channels, stim, methods,
                          tests="mprt_cascading,deletion", steps=steps, fill="mean",
@@ -170,6 +172,64 @@ def compare(frame, quantus_out, channels, methods) -> dict:
     return {"deletion_max_rel_diff": worst, "mprt_median_spearman_abs": rows}
 
 
+def prepare(work: pathlib.Path, n_stimuli: int, seed: int) -> None:
+    """What both sides read: the stimuli, the weights as jaxsal resolves them (conv layers at
+    least) in torchvision's layout, and jaxsal's random pixel order (so both remove the same
+    pixels)."""
+    from bench import make_stimuli
+    from conftest import torchvision_layout
+    from jaxsal.models import get_net_spec
+    from jaxsal.sanity.curves import random_positions
+    from jaxsal.stimuli import read_stim_csv
+    from jaxsal.weights import load_weights
+
+    stim = make_stimuli(work, n_stimuli, size=None)  # work / STIM
+    spec = get_net_spec("AlexNet")
+    flat = load_weights(spec).params
+    conv = types.SimpleNamespace(params=[p for p in spec.params if p.key in flat])
+    np.savez(work / "state.npz", **torchvision_layout(conv, flat))
+    n = len(read_stim_csv(stim).paths)
+    size = spec.input_size
+    np.save(work / "random_order.npy", random_positions(seed, range(n), size * size))
+
+
+def side_main(args, channels, methods) -> None:
+    """A child: one side, its numbers written to the work folder."""
+    work = pathlib.Path(args.work)
+    if args.side == "jaxsal":
+        import jaxsal
+
+        jaxsal.tune_cpu()  # as the command does, before anything starts JAX
+        stim = work / STIM
+        cold, cold_cpu, _ = run_jaxsal(stim, channels, methods, args.steps, args.seed)
+        warm, warm_cpu, frame = run_jaxsal(stim, channels, methods, args.steps, args.seed)
+        frame.to_csv(work / "jaxsal.csv", index=False)
+        numbers = {"jaxsal_cold_s": cold, "jaxsal_warm_s": warm, "jaxsal_cold_cpu_s": cold_cpu,
+                   "jaxsal_warm_cpu_s": warm_cpu}
+    else:
+        import torch
+
+        theirs = run_quantus(work, channels, methods, args.steps, args.seed)
+        assert "jax" not in sys.modules, "the Quantus side imported JAX"
+        numbers = {"quantus_s": theirs["seconds"], "quantus_cpu_s": theirs["cpu_seconds"],
+                   "torch_threads": torch.get_num_threads(),
+                   "mprt": [[m, c, {k: list(map(float, v)) for k, v in scores.items()}]
+                            for (m, c), scores in theirs["mprt"].items()],
+                   "deletion": [[m, c, np.asarray(v).tolist()]
+                                for (m, c), v in theirs["deletion"].items()]}
+    (work / f"{args.side}.json").write_text(json.dumps(numbers))
+
+
+def run_child(side: str, work: pathlib.Path, args) -> dict:
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--side", side, "--work",
+           str(work), "--channels", args.channels, "--methods", args.methods, "--steps",
+           str(args.steps), "--seed", str(args.seed)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {side} side failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads((work / f"{side}.json").read_text())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stimuli", type=int, default=64)
@@ -178,34 +238,39 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-quantus", action="store_true")
+    parser.add_argument("--side", choices=("jaxsal", "quantus"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     channels = [int(c) for c in args.channels.split(",")]
     methods = args.methods.split(",")
     if (224 * 224) % args.steps:
         parser.error("--steps must divide 224*224 (whole pixels per step on both sides)")
+    if args.side:
+        side_main(args, channels, methods)
+        return 0
 
-    import torch
-
-    from bench import make_stimuli
+    import pandas as pd
 
     with tempfile.TemporaryDirectory() as tmp:
-        stim = make_stimuli(pathlib.Path(tmp), args.stimuli, size=None)
-        cold, cold_cpu, frame = run_jaxsal(stim, channels, methods, args.steps, args.seed)
-        warm, warm_cpu, frame = run_jaxsal(stim, channels, methods, args.steps, args.seed)
+        work = pathlib.Path(tmp)
+        prepare(work, args.stimuli, args.seed)
         result = {"stimuli": args.stimuli, "channels": channels, "methods": methods,
-                  "steps": args.steps, "jaxsal_cold_s": cold, "jaxsal_warm_s": warm,
-                  "jaxsal_cold_cpu_s": cold_cpu, "jaxsal_warm_cpu_s": warm_cpu,
-                  "load_average": os.getloadavg(),
-                  "machine": platform.processor() or platform.machine(),
-                  "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+                  "steps": args.steps}
+        result |= run_child("jaxsal", work, args)
+        cold, cold_cpu = result["jaxsal_cold_s"], result["jaxsal_cold_cpu_s"]
+        warm, warm_cpu = result["jaxsal_warm_s"], result["jaxsal_warm_cpu_s"]
         if not args.skip_quantus:
-            theirs = run_quantus(stim, channels, methods, args.steps, args.seed)
-            result["quantus_s"] = theirs["seconds"]
-            result["quantus_cpu_s"] = theirs["cpu_seconds"]
-            result.update(compare(frame, theirs, channels, methods))
+            theirs = run_child("quantus", work, args)
+            frame = pd.read_csv(work / "jaxsal.csv", dtype={"stim_id": str, "step": str})
+            quantus_out = {"mprt": {(m, c): v for m, c, v in theirs.pop("mprt")},
+                           "deletion": {(m, c): np.asarray(v) for m, c, v in theirs.pop("deletion")}}
+            result |= theirs
+            result.update(compare(frame, quantus_out, channels, methods))
+        result |= {"load_average": os.getloadavg(),
+                   "machine": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     print(f"sanity checks, AlexNet {LAYER}: {args.stimuli} stimuli x {len(channels)} channels x "
           f"{len(methods)} methods; cascading MPRT conv5..conv1 + deletion ({args.steps} steps, "
-          f"mean baseline) + random order")
+          f"mean baseline) + random order; each side in its own process")
     print(f"  (wall s, and CPU s of the process: steadier on a shared machine; load average "
           f"{os.getloadavg()[0]:.1f})")
     print(f"  jaxsal  cold {cold:8.1f} s  {cold_cpu:8.1f} CPU-s   warm {warm:8.1f} s  "

@@ -166,3 +166,21 @@ def test_all_units_mode_runs_each_side_in_its_own_process():
     assert r["sides"]["jax"]["calls_of_5"] == 13 and r["sides"]["torch"]["side"] == "torch"
     assert r["sides"]["jax"]["max_rel_diff_first_5"] < 1e-6
     assert r["ratio_blocks_vs_torch"] > 0 and r["ratio_blocks_vs_runs_of_5"] > 0
+
+
+@pytest.mark.slow
+def test_sanity_benchmark_runs_each_side_in_its_own_process():
+    """scripts/bench_sanity.py on 2 stimuli: jaxsal.check and Quantus each in a child process
+    (the Quantus one never imports JAX), the same deletion curves on both sides."""
+    pytest.importorskip("quantus")
+    cmd = [sys.executable, str(SCRIPT.with_name("bench_sanity.py")), "--stimuli", "2",
+           "--channels", "60", "--methods", "vanilla"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+    r = json.loads(line[len("BENCH_JSON "):])
+    assert r["jaxsal_warm_s"] > 0 and r["quantus_s"] > 0
+    assert r["deletion_max_rel_diff"] < 1e-3
+    medians = r["mprt_median_spearman_abs"]["vanilla"]
+    assert list(medians["jaxsal"]) == ["conv5", "conv4", "conv3", "conv2", "conv1"]
+    assert len(medians["quantus"]) == 5
