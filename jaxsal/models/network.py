@@ -21,7 +21,7 @@ from jaxsal.errors import UsageError
 from jaxsal.models.layers import (GELU, AvgPool, BatchNorm, Block, ChannelAffine,
                                   ClassTokenPool, Conv, Flatten, GlobalAvgPool, LayerNorm, Linear,
                                   MaxPool, ReLU, SelfAttention, TokenEmbedding, run_stages)
-from jaxsal.models.primitives import conv_space_to_depth, gelu, max_pool
+from jaxsal.models.primitives import conv_space_to_depth, gelu, layer_norm, max_pool
 from jaxsal.models.spec import NetSpec
 
 HIGHEST = lax.Precision.HIGHEST
@@ -178,9 +178,7 @@ class _LayerNorm(nn.Module):
         c = (x.shape[-1],)
         scale = self.param("scale", nn.initializers.ones, c).astype(x.dtype)
         bias = self.param("bias", nn.initializers.zeros, c).astype(x.dtype)
-        centred = x - jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(centred * centred, axis=-1, keepdims=True)  # biased, as torch
-        return centred * lax.rsqrt(var + jnp.asarray(self.op.eps, x.dtype)) * scale + bias
+        return layer_norm(x, self.op.eps) * scale + bias
 
 
 class _SelfAttention(nn.Module):

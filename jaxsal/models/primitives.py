@@ -10,6 +10,10 @@ CPU gradients for the textbook forms are slow (see BENCHMARKS.md):
   pixel blocks folded into channels (AlexNet's 11x11/4 conv1 becomes a 3x3/1 conv over 48
   channels). Same sums, much cheaper input gradient.
 
+* `layer_norm`: LayerNorm's normalisation with its backward written out (torch's formula):
+  XLA:CPU's YNNPACK reduce fusion (jaxlib 0.10.2) miscomputes the autodiff backward when it is
+  vmapped over channels at 12 or more images of 197 tokens, giving wrong maps for every channel
+  after the first (BENCHMARKS.md, "ViT-B/16 at 16 images").
 * `gelu`: torch's exact GELU, x * 0.5 * (1 + erf(x / sqrt 2)), with its derivative written out
   (Phi(x) + x phi(x), as torch's backward): jax.nn.gelu's erfc form and its autodiff ran ~4x
   slower on XLA:CPU.
@@ -126,6 +130,31 @@ def conv_space_to_depth(x, kernel, stride: int, padding: int, precision=None):
         x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
     )
     return y[:, :ho, :wo, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def layer_norm(x, eps: float):
+    """(x - mean) / sqrt(var + eps) over the last axis, var biased (torch's LayerNorm without
+    its affine part)."""
+    return _layer_norm_fwd(x, eps)[0]
+
+
+def _layer_norm_fwd(x, eps):
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    rstd = lax.rsqrt(var + jnp.asarray(eps, x.dtype))
+    normed = centred * rstd
+    return normed, (normed, rstd)
+
+
+def _layer_norm_bwd(eps, res, g):
+    normed, rstd = res
+    g_mean = jnp.mean(g, axis=-1, keepdims=True)
+    gx_mean = jnp.mean(g * normed, axis=-1, keepdims=True)
+    return (rstd * (g - g_mean - normed * gx_mean),)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def _gelu_cdf(x):
