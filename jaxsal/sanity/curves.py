@@ -32,10 +32,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsal.core.precision import setup_precision
-from jaxsal.core.targets import target_values
+from jaxsal.core import target_forward
 from jaxsal.models import NetSpec
-from jaxsal.models.network import build
 
 FILLS = ("blur", "mean")
 BLUR_SIGMA_AT_224 = 5.0
@@ -94,10 +92,7 @@ def masked_targets(spec: NetSpec, layer: str, precision: str, params, images, ba
     use_baseline = (chosen != insert).reshape((n_steps, n_orders, batch, size, size, 1))
     inputs = jnp.where(use_baseline, baselines[None, None], images[None, None])
     inputs = inputs.reshape((-1,) + images.shape[1:])
-    params, inputs, xla_precision = setup_precision(precision, params, inputs)
-    activation = build(spec, stop_at=layer, precision=xla_precision).apply({"params": params},
-                                                                            inputs)
-    y = target_values(spec.layer(layer), activation, channels0).astype(jnp.float32)  # (K, CRB)
+    y = target_forward(spec, layer, precision, params, inputs, channels0)  # (K, CRB)
     return jnp.moveaxis(y.reshape((-1, n_steps, n_orders, batch)), 0, -1)
 
 
