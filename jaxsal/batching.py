@@ -182,7 +182,7 @@ class _Engine:
         self.params = jax.device_put(net.params, replicated)
         k = len(channels0)
         block = min(block, k)
-        # Channel blocks of one size: the last is padded with its own last channel.
+        # Channel blocks of one size: the last is padded by repeating its channels (np.resize).
         starts = range(0, k, block)
         self.ranges = [range(s, min(s + block, k)) for s in starts]
         self.blocks = [jax.device_put(np.resize(channels0[r.start:r.stop], block), replicated)
