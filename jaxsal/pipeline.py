@@ -176,8 +176,9 @@ class Core:
         if compute is not None:
             self.size, self.block = compute["stimuli_per_call"], compute["channels_per_call"]
         else:
-            self.size, self.block = _device()[0].call_shape(net, plan.layer, len(plan.channels0), n_images,
-                                               plan.batch_size)
+            batching, _ = _device()
+            self.size, self.block = batching.call_shape(net, plan.layer, len(plan.channels0),
+                                                        n_images, plan.batch_size)
         self.seconds = 0.0
 
     @property
@@ -191,9 +192,10 @@ class Core:
         if not n_images:
             return
         p = self.plan
-        stream = _device()[0].iter_blocks(self.net, inputs, p.layer, p.channels, p.method, size=self.size,
-                             block=self.block, precision=p.precision, values=values,
-                             batches=batches, reporter=self.reporter)
+        batching, _ = _device()
+        stream = batching.iter_blocks(self.net, inputs, p.layer, p.channels, p.method,
+                                      size=self.size, block=self.block, precision=p.precision,
+                                      values=values, batches=batches, reporter=self.reporter)
         while True:
             t = time.perf_counter()
             result = next(stream, None)
@@ -613,7 +615,8 @@ def load_net(plan: Plan, reporter: Reporter | None = None):
     xla_config.tune_cpu_on_first_use(reporter)  # before JAX's first computation
     if plan.cluster.is_multi:  # must come before JAX's first computation
         distributed.initialize(plan.cluster)
-    return _device()[1].net_from_weights(plan.spec, plan.weights, reporter)
+    _, net = _device()
+    return net.net_from_weights(plan.spec, plan.weights, reporter)
 
 
 def _compilation_cache(reporter: Reporter):
