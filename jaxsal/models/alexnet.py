@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from jaxsal.models.layers import Conv, Flatten, Linear, MaxPool, ReLU
-from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource
+from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource, torchvision_url
 
 
 def _conv(n: int, torch: int, features: int, kernel: int, stride: int, padding: int, pool: bool):
@@ -30,7 +30,7 @@ ALEXNET = NetSpec(
     preprocessing=Preprocessing(size=224),
     weights=WeightSource(
         files=("alexnet-owt-7be5be79.pth", "alexnet-owt-4df8aa71.pth"),
-        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        url=torchvision_url("alexnet-owt-7be5be79.pth"),
         original="alexnet.pth",
         bundled="alexnet_conv.safetensors",
     ),

@@ -18,7 +18,7 @@ import re
 
 from jaxsal.models.layers import (AvgPool, BatchNorm, Block, Conv, Flatten, GlobalAvgPool, Linear,
                                   MaxPool, ReLU)
-from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource
+from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource, torchvision_url
 
 # torchvision's `_load_state_dict` pattern: '.'s are no longer allowed in module names.
 _OLD_DENSE_LAYER_KEY = re.compile(
@@ -94,7 +94,7 @@ def densenet(name: str, growth: int, blocks: tuple[int, ...], init_features: int
         name=name,
         stages=tuple(stages),
         preprocessing=Preprocessing(size=224),
-        weights=WeightSource(files=files, url=f"https://download.pytorch.org/models/{files[0]}",
+        weights=WeightSource(files=files, url=torchvision_url(files[0]),
                              original=f"{name.lower()}.pth", rename_torch_key=rename_torch_key),
         cam_layer="norm5",
     )

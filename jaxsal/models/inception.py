@@ -11,7 +11,8 @@ import dataclasses
 
 from jaxsal.models.layers import (AvgPool, BatchNorm, Block, ChannelAffine, Conv, Flatten,
                                   GlobalAvgPool, Linear, MaxPool)
-from jaxsal.models.spec import IMAGENET_MEAN, IMAGENET_STD, NetSpec, Preprocessing, WeightSource
+from jaxsal.models.spec import (IMAGENET_MEAN, IMAGENET_STD, NetSpec, Preprocessing, WeightSource,
+                                torchvision_url)
 
 # torchvision's `_transform_input`: ImageNet-normalised x -> (pixel - 0.5) / 0.5, per channel.
 TRANSFORM_INPUT = ChannelAffine(scale=tuple(s / 0.5 for s in IMAGENET_STD),
@@ -98,7 +99,7 @@ GOOGLENET = NetSpec(
     ),
     preprocessing=Preprocessing(size=224),
     weights=WeightSource(files=("googlenet-1378be20.pth",),
-                         url="https://download.pytorch.org/models/googlenet-1378be20.pth",
+                         url=torchvision_url("googlenet-1378be20.pth"),
                          original="googlenet.pth", ignored_torch_keys=("aux1.", "aux2.")),
     cam_layer="inception5b",
 )
@@ -204,7 +205,7 @@ INCEPTION_V3 = NetSpec(
     ),
     preprocessing=Preprocessing(size=299),
     weights=WeightSource(files=("inception_v3_google-0cc3c7bd.pth", "inception_v3_google-1a9a5a14.pth"),
-                         url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+                         url=torchvision_url("inception_v3_google-0cc3c7bd.pth"),
                          original="inception_v3_google.pth", ignored_torch_keys=("AuxLogits.",)),
     cam_layer="inception11",
 )

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from jaxsal.models.layers import (BatchNorm, Block, Conv, Flatten, GlobalAvgPool, Linear,
                                   MaxPool, ReLU)
-from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource
+from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource, torchvision_url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ def resnet(name: str, block: type[ResidualBlock], blocks: tuple[int, int, int, i
         name=name,
         stages=tuple(stages),
         preprocessing=Preprocessing(size=224),
-        weights=WeightSource(files=files, url=f"https://download.pytorch.org/models/{files[0]}",
+        weights=WeightSource(files=files, url=torchvision_url(files[0]),
                              original=f"{name.lower()}.pth"),
         cam_layer=f"layer4_{block.kind}{blocks[3] - 1}",
     )

@@ -32,6 +32,11 @@ class Preprocessing:
     scale: float = 1.0
 
 
+def torchvision_url(file: str) -> str:
+    """Where torchvision publishes its checkpoint `file`."""
+    return f"https://download.pytorch.org/models/{file}"
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightSource:
     """Where a network's pretrained weights come from (see `jaxsal.weights`).

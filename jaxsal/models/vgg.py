@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from jaxsal.models.layers import BatchNorm, Conv, Flatten, Linear, MaxPool, ReLU
-from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource
+from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource, torchvision_url
 
 # torchvision's configurations: output channels of each 3x3 convolution, "M" a 2x2 max-pool.
 CFGS = {
@@ -45,7 +45,7 @@ def _torchvision(name: str, cfg: str, file: str, batch_norm: bool = False, bundl
         name=name,
         stages=stages,
         preprocessing=Preprocessing(size=224),
-        weights=WeightSource(files=(file,), url=f"https://download.pytorch.org/models/{file}",
+        weights=WeightSource(files=(file,), url=torchvision_url(file),
                              original=f"{name.lower()}.pth", bundled=bundled),
         cam_layer=[s.name for s in stages if s.name and s.name.endswith("_maxpool")][-1],
     )

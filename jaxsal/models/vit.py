@@ -19,7 +19,7 @@ import re
 
 from jaxsal.models.layers import (GELU, Block, ClassTokenPool, Conv, LayerNorm, Linear,
                                   SelfAttention, TokenEmbedding)
-from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource
+from jaxsal.models.spec import NetSpec, Preprocessing, WeightSource, torchvision_url
 
 LN_EPS = 1e-6  # torchvision's ViT: partial(nn.LayerNorm, eps=1e-6)
 
@@ -75,5 +75,5 @@ def vit(name: str, *, image_size: int = 224, patch: int = 16, layers: int = 12,
 
 
 VIT_B16 = vit("VitB16", files=("vit_b_16-c867db91.pth",),
-              url="https://download.pytorch.org/models/vit_b_16-c867db91.pth",
+              url=torchvision_url("vit_b_16-c867db91.pth"),
               original="vit_b_16.pth")
